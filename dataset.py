@@ -1,0 +1,181 @@
+"""Reading images and masks in the MVTec AD layout.
+
+    <root>/<category>/train/good/*.png
+    <root>/<category>/test/good/*.png, test/<defect>/*.png
+    <root>/<category>/ground_truth/<defect>/<name>_mask.png
+
+Preprocessing is the reference code's: RGB, PIL bilinear resize to `img_size` x `img_size`,
+scaled to [0, 1], no mean/std normalisation; masks are resized the same way (soft edges kept).
+"""
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import paddle
+from PIL import Image, UnidentifiedImageError
+from paddle.vision.datasets import DatasetFolder
+
+from utils.errors import UserError
+
+IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+GOOD = "good"
+MASK_SUFFIX = "_mask"
+
+
+def open_image(path: str) -> Image.Image:
+    """The image at `path`, fully decoded; an unreadable file is an error naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy() if image.mode != "P" else image.convert("RGBA")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"cannot read image {path}: {error}") from None
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit grayscale scaled to 8 bits (Pillow's convert would clip, not scale)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return image
+
+
+def load_image(path: str, img_size: int) -> np.ndarray:
+    """[3, img_size, img_size] float32 in [0, 1]."""
+    image = _to_8bit(open_image(path)).convert("RGB")
+    image = image.resize((img_size, img_size), Image.BILINEAR)
+    return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)
+
+
+def load_mask(path: str, img_size: int) -> np.ndarray:
+    """[img_size, img_size] float32 in [0, 1] (any size of mask is resized like the image)."""
+    mask = _to_8bit(open_image(path)).convert("L")
+    mask = mask.resize((img_size, img_size), Image.BILINEAR)
+    return np.asarray(mask, dtype=np.float32) / 255.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int  # 0 normal, 1 anomalous
+    defect_type: str
+    mask_path: Optional[str] = None
+
+
+def category_dir(root: str, category: str) -> str:
+    if not os.path.isdir(root):
+        raise UserError(f"dataset root not found: {root}")
+    folder = os.path.join(root, str(category))
+    if not os.path.isdir(folder):
+        found = sorted(name for name in os.listdir(root)
+                       if os.path.isdir(os.path.join(root, name)))
+        raise UserError(f"category '{category}' not found in {root}; it holds: "
+                        + (", ".join(found) if found else "nothing"))
+    return folder
+
+
+def _image_folders(split_dir: str) -> DatasetFolder:
+    """Paddle's folder scan: classes are the sorted sub-folders, files sorted, non-images skipped."""
+    if not os.path.isdir(split_dir):
+        raise UserError(f"folder not found: {split_dir}")
+    try:
+        return DatasetFolder(split_dir, extensions=IMG_EXTENSIONS)
+    except RuntimeError:
+        raise UserError(f"no images in the sub-folders of {split_dir}") from None
+
+
+def _find_mask(ground_truth: str, defect: str, image_path: str) -> Optional[str]:
+    stem = os.path.splitext(os.path.basename(image_path))[0] + MASK_SUFFIX
+    for extension in IMG_EXTENSIONS:
+        candidate = os.path.join(ground_truth, defect, stem + extension)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def scan_split(root: str, category: str, split: str, masks: str = "required") -> List[Sample]:
+    """The samples of `split` ('train' or 'test') in file-name order, each defect image paired
+    with its mask by name. `masks`: 'required' (MVTec AD), 'optional' or 'none'."""
+    folder = category_dir(root, category)
+    scan = _image_folders(os.path.join(folder, split))
+    if split == "train":
+        if GOOD not in scan.classes:
+            raise UserError(f"{os.path.join(folder, 'train', GOOD)} not found")
+        if not any(scan.classes[target] == GOOD for _, target in scan.samples):
+            raise UserError(f"no images in {os.path.join(folder, 'train', GOOD)}")
+    ground_truth = os.path.join(folder, "ground_truth")
+    samples = []
+    for path, target in scan.samples:
+        defect = scan.classes[target]
+        if split == "train" and defect != GOOD:
+            continue
+        mask_path = None
+        if defect != GOOD and masks != "none":
+            mask_path = _find_mask(ground_truth, defect, path)
+            if mask_path is None and masks == "required":
+                expected = os.path.join(ground_truth, defect,
+                                        os.path.splitext(os.path.basename(path))[0]
+                                        + MASK_SUFFIX + ".png")
+                raise UserError(f"test image {path} has no mask (expected {expected})")
+        samples.append(Sample(path, int(defect != GOOD), defect, mask_path))
+    if split == "test" and masks == "required":
+        _check_orphan_masks(ground_truth, samples, os.path.join(folder, "test"))
+    return samples
+
+
+def _check_orphan_masks(ground_truth: str, samples: List[Sample], test_dir: str) -> None:
+    paired = {sample.mask_path for sample in samples}
+    if not os.path.isdir(ground_truth):
+        return
+    for defect in sorted(os.listdir(ground_truth)):
+        defect_dir = os.path.join(ground_truth, defect)
+        if not os.path.isdir(defect_dir):
+            continue
+        for name in sorted(os.listdir(defect_dir)):
+            path = os.path.join(defect_dir, name)
+            if name.lower().endswith(IMG_EXTENSIONS) and path not in paired:
+                stem = os.path.splitext(name)[0]
+                image_stem = stem[:-len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
+                raise UserError(f"mask {path} has no test image (expected "
+                                f"{os.path.join(test_dir, defect, image_stem)}.png)")
+
+
+class MVTecDataset(paddle.io.Dataset):
+    """Items are (image [3, S, S], label, mask [S, S], index); good images get an all-zero mask."""
+
+    def __init__(self, samples: List[Sample], img_size: int):
+        super().__init__()
+        self.samples = samples
+        self.img_size = img_size
+
+    @classmethod
+    def from_folder(cls, root: str, category: str, split: str, img_size: int,
+                    masks: str = "required") -> "MVTecDataset":
+        return cls(scan_split(root, category, split, masks), img_size)
+
+    @property
+    def has_masks(self) -> bool:
+        anomalous = [sample for sample in self.samples if sample.label == 1]
+        return bool(anomalous) and all(sample.mask_path for sample in anomalous)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([sample.label for sample in self.samples], dtype=np.int64)
+
+    @property
+    def paths(self) -> List[str]:
+        return [sample.path for sample in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        image = load_image(sample.path, self.img_size)
+        if sample.mask_path:
+            mask = load_mask(sample.mask_path, self.img_size)
+        else:
+            mask = np.zeros((self.img_size, self.img_size), dtype=np.float32)
+        return image, np.int64(sample.label), mask, np.int64(index)

@@ -1,0 +1,146 @@
+"""Evaluate a trained cloner: detection ROC-AUC and the paper's localization AUC.
+
+    python test.py --config configs/config.yaml --dataset_root Dataset/MVTec --normal_class bottle
+    python test.py --model_path output/bottle/final_model.pdparams --save_dir results/bottle
+
+The model's own settings (architecture, image size, lamda, expert) come from the config.yaml that
+training saved beside the checkpoint, so --model_path alone is enough.
+"""
+import argparse
+import csv
+import json
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from dataloader import build_test_loader
+from metrics import image_auroc
+from network import load_cloner
+from test_functions import MapGenerator, evaluate, make_scorer
+from utils.config import add_config_args, config_from_args, load_saved_config, parse_override
+from utils.device import setup_device
+from utils.errors import UserError, report_user_errors
+from utils.files import atomic_write, atomic_write_text
+from utils.logger import get_logger
+from vgg import build_expert
+
+# Settings that define a trained model: taken from its saved config unless given with -o.
+MODEL_KEYS = ("pretrain", "vgg_weights", "equal_network_size", "use_bias", "mvtec_img_size",
+              "lamda", "direction_loss_only")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--model_path", default=None,
+                        help="cloner checkpoint (default: <save_dir>/<class>/final_model.pdparams)")
+
+
+def resolve_model(args):
+    """(config, model_path): the run's config with the model's saved settings applied."""
+    model_path = args.model_path
+    if model_path is None:
+        config = config_from_args(args)
+        model_path = os.path.join(config["save_dir"], str(config["normal_class"]),
+                                  "final_model.pdparams")
+    if not os.path.isfile(model_path):
+        raise UserError(f"model not found: {model_path} (train first, or pass --model_path)")
+    saved_path = os.path.join(os.path.dirname(model_path), "config.yaml")
+    if not os.path.isfile(saved_path):
+        return config_from_args(args), model_path
+    saved = load_saved_config(saved_path)
+    config = config_from_args(args, base=saved)
+    explicit = {parse_override(text)[0] for text in args.override}
+    config.update({key: saved[key] for key in MODEL_KEYS if key not in explicit})
+    return config, model_path
+
+
+def load_model(config: dict, model_path: str, log=print):
+    """(expert, cloner, config): the cloner rebuilt with the architecture stored in its file."""
+    cloner, resolved = load_cloner(model_path, config)
+    for key in ("equal_network_size", "use_bias"):
+        if resolved[key] != config[key]:
+            log(f"note: {model_path} holds a cloner with {key}: {resolved[key]}; using that")
+    expert = build_expert(resolved, model_dir=os.path.dirname(model_path))
+    return expert, cloner, resolved
+
+
+def write_scores_csv(path: str, paths, labels, scores) -> None:
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["path", "label", "score"])
+            for row in zip(paths, labels, scores):
+                writer.writerow([row[0], int(row[1]), f"{row[2]:.8g}"])
+
+    atomic_write(path, write)
+
+
+def save_maps_npz(path: str, result) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as stream:
+            np.savez_compressed(stream, maps=result.maps, masks=result.masks,
+                                labels=result.labels, paths=np.array(result.paths))
+
+    atomic_write(path, write)
+
+
+def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: bool = False,
+             log=print) -> dict:
+    device = setup_device(config)
+    expert, cloner, config = load_model(config, model_path, log)
+    loader = build_test_loader(config)
+    dataset = loader.dataset
+    size = config["mvtec_img_size"]
+    localize = config["localization_test"] and getattr(dataset, "has_masks", False)
+    progress = lambda batches: tqdm(batches, desc="test", disable=None, leave=False)
+    if localize:
+        generator = MapGenerator(expert, cloner, config, device, [3, size, size],
+                                 loader.batch_size)
+        result = evaluate(loader, map_generator=generator, progress=progress)
+    else:
+        if config["localization_test"]:
+            log("note: no ground-truth masks for this dataset; localization is skipped")
+        scorer = make_scorer(expert, cloner, config, device, [3, size, size])
+        result = evaluate(loader, scorer=scorer, progress=progress)
+    metrics = {"image_auroc": image_auroc(result.labels, result.scores)}
+    if localize:
+        metrics["loc_auc_paper"] = result.loc_auc.compute()
+    category = config["normal_class"]
+    log(f"{config['dataset_name']} '{category}': detection image ROC-AUC "
+        f"{metrics['image_auroc']:.4f}"
+        + (f", localization AUC (paper's metric, {config['localization_method']}) "
+           f"{metrics['loc_auc_paper']:.4f}" if localize else ""))
+    summary = {**metrics, "dataset": config["dataset_name"], "normal_class": category,
+               "localization_method": config["localization_method"] if localize else None,
+               "model_path": model_path, "num_images": int(len(result.labels)),
+               "num_anomalous": int(result.labels.sum())}
+    if save_dir:
+        os.makedirs(save_dir, exist_ok=True)
+        atomic_write_text(os.path.join(save_dir, "metrics.json"),
+                          json.dumps(summary, indent=2) + "\n")
+        write_scores_csv(os.path.join(save_dir, "scores.csv"), result.paths, result.labels,
+                         result.scores)
+        if save_maps and result.maps is not None:
+            save_maps_npz(os.path.join(save_dir, "maps.npz"), result)
+        log(f"wrote {save_dir}/metrics.json and scores.csv")
+    return {"summary": summary, "result": result}
+
+
+@report_user_errors
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Detection and localization test of a cloner.")
+    add_model_args(parser)
+    parser.add_argument("--save_dir", default=None,
+                        help="write metrics.json and scores.csv (path,label,score) here")
+    parser.add_argument("--save_maps", action="store_true",
+                        help="also write maps.npz (maps, masks, labels, paths in test order)")
+    args = parser.parse_args(argv)
+    config, model_path = resolve_model(args)
+    log = get_logger("test", os.path.join(config["log_dir"],
+                                          f"{config['normal_class']}_test.log")).info
+    run_test(config, model_path, args.save_dir, args.save_maps, log)
+
+
+if __name__ == "__main__":
+    main()

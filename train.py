@@ -1,0 +1,252 @@
+"""Train KDAD's cloner on one category.
+
+    python train.py --config configs/config.yaml --dataset_root Dataset/MVTec --normal_class bottle
+
+Writes <save_dir>/<class>/: final_model.pdparams (the honest default), best_model.pdparams (best
+test-set detection ROC-AUC, an optimistic selection), their .json (threshold, epoch), last.pdckpt
+(resumable), config.yaml, history.json; and the log <log_dir>/<class>_train.log.
+Several GPUs: python -m paddle.distributed.launch --gpus 0,1 train.py ...
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from dataloader import build_dataset, eval_batch_size
+from engine import make_runner
+from expert_cache import ExpertCache
+from loss_functions import build_loss
+from metrics import image_auroc
+from network import build_cloner
+from test_functions import image_threshold, score_cached
+from utils.checkpoint import (load_state_strict, load_training_state, save_model_info,
+                              save_state_dict, save_training_state)
+from utils.config import add_config_args, config_from_args, save_config
+from utils.device import setup_device
+from utils.errors import UserError, report_user_errors
+from utils.files import atomic_write_text
+from utils.logger import get_logger
+from utils.seed import epoch_order_seed, resolve_seed, seed_everything
+from vgg import EXPERT_FILE, build_expert
+
+FINAL_MODEL, BEST_MODEL, LAST_STATE = "final_model.pdparams", "best_model.pdparams", "last.pdckpt"
+
+
+def model_dir_of(config: dict) -> str:
+    return os.path.join(config["save_dir"], str(config["normal_class"]))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train KDAD's cloner on one category.")
+    add_config_args(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <save_dir>/<class>/last.pdckpt (same as "
+                             "continue_train: true)")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args):
+    """The run's config and, when resuming, the saved training state."""
+    config = config_from_args(args)
+    if not (args.resume or config["continue_train"]):
+        return resolve_seed(config), None
+    state = load_training_state(os.path.join(model_dir_of(config), LAST_STATE))
+    return config_from_args(args, base=state["config"]), state
+
+
+def _numpy_tree(value):
+    """A detached NumPy copy of a (nested) state dict, safe to keep while training goes on."""
+    if isinstance(value, dict):
+        return {key: _numpy_tree(item) for key, item in value.items()}
+    if isinstance(value, paddle.Tensor):
+        return value.numpy().copy()
+    return value
+
+
+class Trainer:
+    def __init__(self, config: dict, state: dict = None):
+        self.config, self.state = config, state
+        self.world, self.rank = paddle.distributed.get_world_size(), paddle.distributed.get_rank()
+        self.main = self.rank == 0
+        self.device = setup_device(config)
+        if self.world > 1:
+            paddle.distributed.init_parallel_env()
+            if config["batch_size"] % self.world:
+                raise UserError(f"batch_size {config['batch_size']} must be divisible by the "
+                                f"{self.world} processes (the global batch is kept)")
+        self.model_dir = model_dir_of(config)
+        log_file = os.path.join(config["log_dir"], f"{config['normal_class']}_train.log")
+        self.log = get_logger("train", log_file if self.main else None)
+        if not self.main:
+            self.log.disabled = True
+        seed_everything(config["seed"])
+
+    def setup(self) -> None:
+        config, size = self.config, self.config["mvtec_img_size"]
+        started = time.time()
+        train_set, test_set = build_dataset(config, "train"), build_dataset(config, "test")
+        resumed = self.state is not None
+        self.expert = build_expert(config, self.model_dir if resumed else None)
+        self.cloner = build_cloner(config)
+        if resumed:
+            load_state_strict(self.cloner, self.state["cloner"], LAST_STATE)
+        if self.main:
+            os.makedirs(self.model_dir, exist_ok=True)
+            save_config(config, os.path.join(self.model_dir, "config.yaml"))
+            if not config["pretrain"] and not resumed:
+                save_state_dict(self.expert.state_dict(), os.path.join(self.model_dir, EXPERT_FILE))
+        expert_runner = make_runner(self.expert, config, self.device, [3, size, size])
+        cache_args = dict(expert_runner=expert_runner, batch_size=eval_batch_size(config),
+                          storage=config["expert_cache"], folder=self.model_dir,
+                          num_workers=config["num_workers"])
+        self.train_cache = ExpertCache(train_set, **cache_args)
+        self.test_cache = ExpertCache(test_set, **cache_args) if self.main else None
+        self.log.info(f"{len(train_set)} training and {len(test_set)} test images of "
+                      f"'{config['normal_class']}' at {size} px; device {self.device}, "
+                      f"{self.world} process(es); expert outputs ready in "
+                      f"{time.time() - started:.1f} s")
+
+        self.criterion = build_loss(config)
+        self.model = self.cloner
+        if self.world > 1:
+            if config["sync_bn"]:
+                self.model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model = paddle.DataParallel(self.model)
+        self.optimizer = paddle.optimizer.Adam(learning_rate=config["learning_rate"],
+                                               parameters=self.cloner.parameters())
+        self.scaler = paddle.amp.GradScaler() if config["amp"] else None
+        if config["amp"] and self.device != "gpu":
+            raise UserError("amp: true needs a GPU (mixed precision is a GPU feature here)")
+        self.sampler = paddle.io.DistributedBatchSampler(
+            self.train_cache, batch_size=config["batch_size"] // self.world, shuffle=True)
+        if resumed:
+            self.optimizer.set_state_dict(self.state["optimizer"])
+            self.history, self.best = self.state["history"], self.state["best"]
+            self.start_epoch = self.state["epoch"] + 1
+            self.log.info(f"resumed from {os.path.join(self.model_dir, LAST_STATE)} after "
+                          f"epoch {self.state['epoch']}")
+        else:
+            self.history = {"epoch": [], "loss": [], "eval_epoch": [], "image_auroc": []}
+            self.best = {"image_auroc": -math.inf, "epoch": None}
+            self.start_epoch = 0
+
+    def run_epoch(self, epoch: int) -> float:
+        """One pass over the training set; returns the sum of the batch losses (as the
+        reference code prints). The loss stays on the device: one host sync per epoch."""
+        self.model.train()
+        self.sampler.set_epoch(epoch_order_seed(self.config["seed"], epoch))
+        loss_sum = paddle.zeros([], dtype="float32")
+        for indices in self.sampler:
+            images, expert_stages = self.train_cache.batch(indices)
+            if self.scaler is None:
+                loss = self.criterion(self.model(images), expert_stages)
+                loss.backward()
+                self.optimizer.step()
+            else:
+                with paddle.amp.auto_cast():
+                    cloner_stages = self.model(images)
+                loss = self.criterion([c.astype("float32") for c in cloner_stages],
+                                      expert_stages)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            self.optimizer.clear_grad()
+            loss_sum = loss_sum + loss.detach()
+        return float(loss_sum)
+
+    def evaluate(self, epoch: int) -> None:
+        scores = score_cached(self.cloner, self.test_cache, self.config)
+        auroc = image_auroc(self.test_cache.labels, scores)
+        self.history["eval_epoch"].append(epoch)
+        self.history["image_auroc"].append(auroc)
+        improved = auroc > self.best["image_auroc"]
+        if improved:
+            self.best = {"image_auroc": auroc, "epoch": epoch}
+            self.save_model(BEST_MODEL, epoch, {"image_auroc": auroc,
+                                                "selection": "best test-set image ROC-AUC"})
+        self.log.info(f"epoch {epoch}: image ROC-AUC {auroc:.4f} (best {self.best['image_auroc']:.4f}"
+                      f" at epoch {self.best['epoch']})" + (", saved best_model" if improved else ""))
+
+    def save_model(self, name: str, epoch: int, extra: dict) -> None:
+        path = os.path.join(self.model_dir, name)
+        save_state_dict(self.cloner.state_dict(), path)
+        info = {"epoch": epoch, **extra, **image_threshold(score_cached(self.cloner,
+                                                                          self.train_cache,
+                                                                          self.config))}
+        save_model_info(path, info)
+
+    def training_state(self, epoch: int) -> dict:
+        return _numpy_tree({"cloner": self.cloner.state_dict(),
+                            "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                            "history": self.history, "best": self.best, "config": self.config})
+
+    def save_state(self, state: dict) -> None:
+        save_training_state(os.path.join(self.model_dir, LAST_STATE), state)
+        atomic_write_text(os.path.join(self.model_dir, "history.json"),
+                          json.dumps(state["history"], indent=1) + "\n")
+
+    def fit(self) -> dict:
+        config = self.config
+        last_epoch = config["num_epochs"]
+        unsaved = None  # the newest end-of-epoch state not yet on disk
+        epochs = range(self.start_epoch, last_epoch + 1)
+        bar = tqdm(epochs, desc=f"train {config['normal_class']}", disable=None if self.main else True,
+                   dynamic_ncols=True)
+        try:
+            for epoch in bar:
+                started = time.time()
+                loss_sum = self.run_epoch(epoch)
+                batches = len(self.sampler)
+                if not math.isfinite(loss_sum):
+                    raise UserError(
+                        f"the loss became {loss_sum} in epoch {epoch}; training stopped and "
+                        f"the last good checkpoint is kept "
+                        f"({os.path.join(self.model_dir, LAST_STATE)})")
+                self.history["epoch"].append(epoch)
+                self.history["loss"].append(loss_sum)
+                bar.set_postfix(loss=f"{loss_sum:.4f}")
+                self.log.info(f"epoch [{epoch}/{last_epoch}] loss {loss_sum:.4f} (sum over "
+                              f"{batches} batches, mean {loss_sum / max(batches, 1):.4f}) "
+                              f"{time.time() - started:.1f} s")
+                if self.main and epoch % config["eval_interval"] == 0:
+                    self.evaluate(epoch)
+                if self.main:
+                    unsaved = self.training_state(epoch)
+                    if epoch % config["save_interval"] == 0 or epoch == last_epoch:
+                        self.save_state(unsaved)
+                        unsaved = None
+        except KeyboardInterrupt:
+            if self.main and unsaved is not None:
+                self.save_state(unsaved)
+            self.log.info(f"interrupted; resume with: python train.py ... --resume "
+                          f"(state: {os.path.join(self.model_dir, LAST_STATE)})")
+            sys.exit(130)
+        if self.main and last_epoch >= self.start_epoch:
+            self.save_model(FINAL_MODEL, last_epoch, {"selection": "final epoch"})
+            self.log.info(f"saved {os.path.join(self.model_dir, FINAL_MODEL)}"
+                          + (f"; best test ROC-AUC {self.best['image_auroc']:.4f} at epoch "
+                             f"{self.best['epoch']} in {BEST_MODEL}" if self.best["epoch"]
+                             is not None else ""))
+        return {"model_dir": self.model_dir, "history": self.history, "best": self.best}
+
+
+def train(config: dict, state: dict = None) -> dict:
+    trainer = Trainer(config, state)
+    trainer.setup()
+    return trainer.fit()
+
+
+@report_user_errors
+def main(argv=None):
+    config, state = resolve_config(parse_args(argv))
+    train(config, state)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Reading and writing weight files: Paddle `.pdparams`, `.safetensors`, torchvision `.pth`.
+
+Loading is strict: a missing, unexpected or mis-shaped key is an error that names the key and the
+file, never a printed warning followed by a silently half-loaded network.
+"""
+import json
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import paddle
+
+from utils.errors import UserError
+from utils.files import atomic_write, atomic_write_text
+
+
+def read_state_dict(path: str) -> dict:
+    """{name: numpy array} from a weights file, whatever its format."""
+    if not os.path.isfile(path):
+        raise UserError(f"weights file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise UserError(f"cannot read {path}: {error}") from None
+    if path.endswith((".pth", ".pt")):
+        return _read_torch(path)
+    try:
+        state = paddle.load(path, return_numpy=True)
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError, RuntimeError,
+            AttributeError, IndexError, KeyError, zipfile.BadZipFile) as error:
+        raise UserError(f"cannot read weights file {path} ({type(error).__name__}): it is "
+                        "truncated or not a Paddle .pdparams file") from None
+    if not isinstance(state, dict):
+        raise UserError(f"weights file {path} does not hold a state dict")
+    return {name: np.asarray(value) for name, value in state.items()
+            if isinstance(value, (np.ndarray, np.generic))}
+
+
+def _read_torch(path: str) -> dict:
+    try:
+        import torch
+    except ImportError:
+        raise UserError(f"reading the PyTorch file {path} needs PyTorch: pip install torch "
+                        "(the CPU build is enough), or use a .pdparams file") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many unrelated types for a bad file
+        raise UserError(f"cannot read PyTorch file {path}: {error}") from None
+    return {name: value.numpy() for name, value in state.items()}
+
+
+def load_state_strict(layer: paddle.nn.Layer, state: dict, source: str) -> None:
+    """Copy `state` into `layer`; every key must be there with its exact shape, and no others."""
+    expected = layer.state_dict()
+    for name, tensor in expected.items():
+        if name not in state:
+            raise UserError(f"{source}: missing key '{name}'")
+        if list(state[name].shape) != list(tensor.shape):
+            raise UserError(f"{source}: key '{name}' has shape {list(state[name].shape)}, "
+                            f"expected {list(tensor.shape)}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise UserError(f"{source}: unexpected key '{unexpected[0]}'"
+                        + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    layer.set_state_dict({name: state[name].astype(str(expected[name].dtype).split(".")[-1])
+                          for name in expected})
+
+
+def save_state_dict(state: dict, path: str) -> None:
+    """Write {name: tensor or array} atomically; `.safetensors` holds no pickle."""
+    arrays = {name: value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
+              for name, value in state.items()}
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+        atomic_write(path, lambda tmp: save_file(arrays, tmp))
+    else:
+        atomic_write(path, lambda tmp: paddle.save(arrays, tmp))
+
+
+def info_path(model_path: str) -> str:
+    """The JSON beside a cloner checkpoint: `final_model.pdparams` -> `final_model.json`."""
+    return os.path.splitext(model_path)[0] + ".json"
+
+
+def save_model_info(model_path: str, info: dict) -> None:
+    atomic_write_text(info_path(model_path), json.dumps(info, indent=2) + "\n")
+
+
+def load_model_info(model_path: str) -> dict:
+    """What training recorded beside a checkpoint (threshold, epoch, ...); {} when absent."""
+    path = info_path(model_path)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read {path}: {error}") from None
+
+
+def save_training_state(path: str, state: dict) -> None:
+    """The resumable state (cloner, optimizer, epoch, history, config), written atomically."""
+    atomic_write(path, lambda tmp: paddle.save(state, tmp))
+
+
+def load_training_state(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"nothing to resume: {path} not found")
+    try:
+        state = paddle.load(path)
+    except Exception as error:  # a truncated pickle raises many different types
+        raise UserError(f"cannot read training state {path} ({type(error).__name__}): it is "
+                        "truncated or not a training state") from None
+    if not isinstance(state, dict) or "cloner" not in state or "epoch" not in state:
+        raise UserError(f"{path} is not a training state")
+    return state

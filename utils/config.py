@@ -1,0 +1,200 @@
+"""Configuration: the known keys with their defaults, YAML files, `-o key=value` overrides, validation.
+
+Every script reads its settings through `config_from_args`; a key that is unknown, of the wrong
+type or out of range stops the script with one line naming the key and where it came from.
+"""
+import argparse
+import difflib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import yaml
+
+from utils.errors import UserError
+from utils.files import atomic_write_text
+
+MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",
+                    "metal_nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood",
+                    "zipper")
+DATASETS = ("mvtec", "folder", "mnist", "fashionmnist", "cifar10", "retina")
+LOCALIZATION_METHODS = ("gradients", "smooth_grad", "gbp", "integrated_gradients", "feature_diff")
+
+
+@dataclass(frozen=True)
+class Key:
+    types: tuple
+    default: Any
+    check: Optional[Callable[[Any], bool]] = None
+    expected: str = ""
+
+
+def _one_of(choices):
+    return Key((str,), choices[0], lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def _int(default, low, what=None):
+    return Key((int,), default, lambda v: v >= low, what or f"an integer >= {low}")
+
+
+def _multiple_of_32(v):
+    return v >= 32 and v % 32 == 0
+
+
+SCHEMA = {
+    # data
+    "dataset_name": _one_of(DATASETS),
+    "dataset_root": Key((str,), "Dataset/MVTec"),
+    "normal_class": Key((str, int), "capsule", expected="a category name or class index"),
+    "mvtec_img_size": _int(128, 32, "a multiple of 32, at least 32"),
+    # networks
+    "pretrain": Key((bool,), True),
+    "vgg_weights": Key((str,), "imagenet", lambda v: v != "", "'imagenet' or a weights file"),
+    "equal_network_size": Key((bool,), False),
+    "use_bias": Key((bool,), False),
+    # training (the paper's MVTec AD setup)
+    "num_epochs": _int(601, 0),
+    "batch_size": _int(64, 1),
+    "learning_rate": Key((float,), 1e-3, lambda v: v > 0, "a number > 0"),
+    "lamda": Key((float,), 0.5, lambda v: v >= 0, "a number >= 0"),
+    "direction_loss_only": Key((bool,), False),
+    "eval_interval": _int(10, 1),
+    "seed": Key((int, type(None)), None, lambda v: v is None or 0 <= v < 2 ** 32,
+                "null or an integer in [0, 2**32)"),
+    "continue_train": Key((bool,), False),
+    "save_interval": _int(1, 1),
+    "save_dir": Key((str,), "output"),
+    "log_dir": Key((str,), "logs"),
+    # testing
+    "localization_test": Key((bool,), True),
+    "localization_method": _one_of(LOCALIZATION_METHODS),
+    "smooth_grad_samples": _int(50, 1),
+    "ig_steps": _int(100, 1),
+    # speed
+    "device": _one_of(("auto", "cpu", "gpu")),
+    "cpu_threads": _int(0, 0, "0 (all cores) or a positive integer"),
+    "engine": _one_of(("auto", "eager", "inference")),
+    "expert_cache": _one_of(("memory", "float16", "disk", "none")),
+    "eval_batch_size": Key((int, type(None)), None, lambda v: v is None or v >= 1,
+                           "null or an integer >= 1"),
+    "num_workers": _int(0, 0),
+    "amp": Key((bool,), False),
+    "sync_bn": Key((bool,), False),
+}
+ARCHITECTURE_KEYS = ("equal_network_size", "use_bias")
+
+
+def default_config() -> dict:
+    return {name: key.default for name, key in SCHEMA.items()}
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    key = SCHEMA.get(name)
+    if key is None:
+        close = difflib.get_close_matches(name, SCHEMA, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown config key '{name}' in {origin}{hint}")
+    # YAML 1.1 reads `1e-3` as a string; accept numbers written that way for float keys.
+    if float in key.types and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if float in key.types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    is_bool = isinstance(value, bool)
+    type_ok = isinstance(value, key.types) and (bool in key.types or not is_bool)
+    if not type_ok or (key.check is not None and not key.check(value)):
+        expected = key.expected or " or ".join(t.__name__ for t in key.types)
+        raise UserError(f"config key '{name}' in {origin}: expected {expected}, got {value!r}")
+    return value
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = yaml.safe_load(stream)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise UserError(f"config file {path}{line} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of key: value")
+    return data
+
+
+def parse_override(text: str) -> tuple:
+    """`key=value` -> (key, value), the value read as YAML (2 -> int, false -> bool, x -> str)."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise UserError(f"override '{text}' must look like key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return name.strip(), value
+
+
+def build_config(base: Optional[dict] = None, files=(), overrides=(),
+                 base_origin: str = "the saved config") -> dict:
+    """Defaults, then `base` (e.g. a checkpoint's saved config), files, then overrides."""
+    config = default_config()
+    layers = [(base or {}, base_origin)]
+    layers += [(_read_yaml(path), path) for path in files]
+    layers += [(dict([parse_override(text)]), f"override '{text}'") for text in overrides]
+    for values, origin in layers:
+        for name, value in values.items():
+            config[name] = _coerce(name, value, origin)
+    check_consistency(config)
+    return config
+
+
+def check_consistency(config: dict) -> None:
+    """Rules that involve more than one key."""
+    if config["dataset_name"] == "mvtec":
+        category = config["normal_class"]
+        if category not in MVTEC_CATEGORIES:
+            raise UserError(f"normal_class {category!r} is not an MVTec AD category; valid: "
+                            + ", ".join(MVTEC_CATEGORIES)
+                            + " (use dataset_name: folder for your own images)")
+    if config["dataset_name"] in ("mvtec", "folder", "retina") and \
+            not _multiple_of_32(config["mvtec_img_size"]):
+        raise UserError("config key 'mvtec_img_size': expected a multiple of 32, at least 32, "
+                        f"got {config['mvtec_img_size']}")
+
+
+def add_config_args(parser: argparse.ArgumentParser, default_config_path="configs/config.yaml"):
+    parser.add_argument("--config", default=None,
+                        help=f"YAML config file (default: {default_config_path}, or the config "
+                             "saved beside --model_path)")
+    parser.add_argument("--dataset_root", default=None, help="folder holding the categories")
+    parser.add_argument("--normal_class", default=None, help="category (class) to use")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any config key, e.g. -o num_epochs=2 (repeatable)")
+    parser.set_defaults(default_config_path=default_config_path)
+
+
+def config_from_args(args, base: Optional[dict] = None) -> dict:
+    """The resolved config for a script: its --config file (or the default one when there is no
+    saved `base`), then --dataset_root / --normal_class, then every -o override."""
+    files = [args.config] if args.config else ([] if base else [args.default_config_path])
+    overrides = list(args.override)
+    if args.dataset_root is not None:
+        overrides.insert(0, f"dataset_root={args.dataset_root}")
+    if args.normal_class is not None:
+        # keep a class name a string even when it looks like a number ('3' for MNIST is an int)
+        overrides.insert(0, f"normal_class={args.normal_class}")
+    return build_config(base, files, overrides)
+
+
+def save_config(config: dict, path: str) -> None:
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+
+
+def load_saved_config(path: str) -> dict:
+    """A config written by `save_config` (e.g. beside a checkpoint), validated."""
+    return build_config(base=_read_yaml(path), base_origin=path)

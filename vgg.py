@@ -1,0 +1,128 @@
+"""The expert: VGG16's convolutional part (configuration D, no batch norm), frozen, and its weights.
+
+Both networks are VGG-shaped, so the layer builder and the four named stage outputs live here too.
+"""
+import os
+from typing import List
+
+import paddle
+from paddle import nn
+from paddle.utils.download import WEIGHTS_HOME, get_weights_path_from_url
+
+from utils.checkpoint import load_state_strict, read_state_dict, save_state_dict
+from utils.errors import UserError
+
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+             512, 512, 512, "M"]
+# The outputs of the 2nd..5th max-pool (H/4, H/8, H/16, H/32): the paper's four distilled layers.
+STAGES = ("stage1", "stage2", "stage3", "stage4")
+STAGE_CHANNELS = (128, 256, 512, 512)
+
+IMAGENET_URL = "https://paddle-hapi.bj.bcebos.com/models/vgg16.pdparams"
+IMAGENET_MD5 = "89bbffc0f87d260be9b8cdc169c991c4"
+FEATURES_CACHE = os.path.join(WEIGHTS_HOME, "vgg16_features.pdparams")
+EXPERT_FILE = "expert.pdparams"  # a random expert, saved beside the cloner's checkpoints
+
+
+def make_layers(cfg: list, use_bias: bool, batch_norm: bool) -> List[nn.Layer]:
+    """conv3x3 (+ BatchNorm when the next entry is not a pool) + ReLU per number, max-pool per 'M'."""
+    layers, in_channels = [], 3
+    for i, entry in enumerate(cfg):
+        if entry == "M":
+            layers.append(nn.MaxPool2D(kernel_size=2, stride=2))
+            continue
+        conv = nn.Conv2D(in_channels, entry, kernel_size=3, padding=1,
+                         weight_attr=paddle.ParamAttr(initializer=nn.initializer.XavierUniform()),
+                         bias_attr=None if use_bias else False)
+        layers.append(conv)
+        if batch_norm and cfg[i + 1] != "M":
+            layers.append(nn.BatchNorm2D(entry))
+        layers.append(nn.ReLU())
+        in_channels = entry
+    return layers
+
+
+class StagedFeatures(nn.Layer):
+    """A VGG-shaped `features` Sequential whose pooled outputs 2..5 are the four stages."""
+
+    def __init__(self, layers: List[nn.Layer]):
+        super().__init__()
+        self.features = nn.Sequential(*layers)
+        pools = [i for i, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2D)]
+        self.stage_ends = pools[1:5]
+
+    def forward(self, x: paddle.Tensor) -> List[paddle.Tensor]:
+        """[N, 3, H, W] -> the four stage outputs, [N, 128, H/4, W/4] ... [N, 512, H/32, W/32]."""
+        outputs = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.stage_ends:
+                outputs.append(x)
+                if len(outputs) == len(STAGES):
+                    break
+        return outputs
+
+    def stage_outputs(self, x: paddle.Tensor) -> dict:
+        return dict(zip(STAGES, self(x)))
+
+
+class Expert(StagedFeatures):
+    """VGG16 features with biases and no batch norm; its parameters never receive gradients."""
+
+    def __init__(self):
+        super().__init__(make_layers(VGG16_CFG, use_bias=True, batch_norm=False))
+        for parameter in self.parameters():
+            parameter.stop_gradient = True
+        self.eval()
+
+    def train(self):  # nothing in it behaves differently in training; keep it in eval mode
+        return self
+
+
+def _features_only(state: dict) -> dict:
+    """Keep the `features.*` entries of a full VGG16 state dict (the classifier is unused)."""
+    if any(name.startswith("features.") for name in state):
+        return {name: value for name, value in state.items() if name.startswith("features.")}
+    return {f"features.{name}": value for name, value in state.items()}
+
+
+def imagenet_weights_path() -> str:
+    """ImageNet VGG16 features from Paddle's model zoo, downloaded once into Paddle's cache."""
+    if os.path.isfile(FEATURES_CACHE):
+        return FEATURES_CACHE
+    try:
+        full_path = get_weights_path_from_url(IMAGENET_URL, IMAGENET_MD5)
+    except Exception as error:  # no network, DNS, HTTP errors: all mean "put the file in place"
+        raise UserError(
+            f"could not download the ImageNet VGG16 weights from {IMAGENET_URL} "
+            f"({type(error).__name__}); download that file and put it at "
+            f"{os.path.join(WEIGHTS_HOME, 'vgg16.pdparams')}, or pass "
+            "-o vgg_weights=/path/to/vgg16.pdparams (torchvision's vgg16-397923af.pth works "
+            "too)") from None
+    save_state_dict(_features_only(read_state_dict(full_path)), FEATURES_CACHE)
+    return FEATURES_CACHE
+
+
+def load_expert_weights(expert: Expert, path: str) -> None:
+    load_state_strict(expert, _features_only(read_state_dict(path)), path)
+
+
+def build_expert(config: dict, model_dir: str = None) -> Expert:
+    """The frozen expert the config asks for.
+
+    `pretrain: false` means a randomly initialised expert. Without `model_dir` a fresh one is made
+    (training then saves it as `expert.pdparams` beside its checkpoints); with `model_dir` that
+    very expert is loaded again, so that test, predict and export see the same network.
+    """
+    expert = Expert()
+    if not config["pretrain"]:
+        if model_dir is not None:
+            saved = os.path.join(model_dir, EXPERT_FILE)
+            if not os.path.isfile(saved):
+                raise UserError(f"{saved} is missing: this model was trained with a random "
+                                "expert (pretrain: false) and needs that very expert")
+            load_expert_weights(expert, saved)
+        return expert
+    source = config["vgg_weights"]
+    load_expert_weights(expert, imagenet_weights_path() if source == "imagenet" else source)
+    return expert
