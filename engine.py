@@ -4,8 +4,9 @@ On a CPU, Paddle Inference with oneDNN runs VGG16 several times faster than eage
 evaluation (scores, maps, the expert's outputs) goes through a predictor built from the very same
 layer; `engine: eager` keeps everything eager. Both return NumPy arrays.
 """
-import glob
+import contextlib
 import os
+import sys
 import tempfile
 from typing import List, Sequence
 
@@ -27,13 +28,32 @@ class _Entry(nn.Layer):
         return self.layer(image)
 
 
+@contextlib.contextmanager
+def native_output_silenced():
+    """Hide what Paddle's C++ side prints straight to the terminal while it builds a graph."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def export_layer(layer: nn.Layer, path_prefix: str, image_shape: Sequence[int]) -> str:
     """Save `layer` (in eval mode) as a static model for [N, *image_shape] float32 input named
     `image`; returns the model file (`.json` in Paddle 3, `.pdmodel` in Paddle 2)."""
     layer.eval()
     spec = paddle.static.InputSpec([None, *image_shape], "float32", "image")
     static = paddle.jit.to_static(_Entry(layer), input_spec=[spec], full_graph=True)
-    paddle.jit.save(static, path_prefix)
+    with native_output_silenced():
+        paddle.jit.save(static, path_prefix)
     return find_model_file(path_prefix)
 
 
@@ -68,14 +88,16 @@ def make_predictor(model_file: str, params_file: str, use_gpu: bool = False,
         else:
             config.disable_mkldnn()
     config.disable_glog_info()
-    return inference.create_predictor(config)
+    with native_output_silenced():
+        return inference.create_predictor(config)
 
 
 def run_predictor(predictor, images: np.ndarray) -> List[np.ndarray]:
     handle = predictor.get_input_handle(predictor.get_input_names()[0])
     handle.reshape(images.shape)
     handle.copy_from_cpu(np.ascontiguousarray(images, dtype=np.float32))
-    predictor.run()
+    with native_output_silenced():  # oneDNN passes print notes at each new input shape
+        predictor.run()
     return [predictor.get_output_handle(name).copy_to_cpu()
             for name in predictor.get_output_names()]
 
@@ -118,8 +140,3 @@ def make_runner(layer: nn.Layer, config: dict, device: str, image_shape: Sequenc
         return PredictorRunner(layer, image_shape, use_gpu=(device == "gpu"),
                                cpu_threads=cpu_thread_count(config))
     return EagerRunner(layer)
-
-
-def remove_exported(path_prefix: str) -> None:
-    for path in glob.glob(path_prefix + ".*"):
-        os.remove(path)
