@@ -6,8 +6,9 @@ The post-processing follows the reference code: a gradient map is sum_c |g|, sca
 scaling before the blur. Written with Paddle ops so that the exported model outputs the map.
 """
 import math
-from typing import List
+from typing import List, Sequence
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -91,18 +92,44 @@ def gradient_map(grad: paddle.Tensor, min_max: bool = False) -> paddle.Tensor:
     return gaussian_blur(maps)
 
 
+def bilinear_taps(out_size: int, in_size: int):
+    """Bilinear resizing along one axis with half-pixel centres (align_corners=False, as
+    F.interpolate and OpenCV's INTER_LINEAR): (low index, high index, weight of high) per output."""
+    source = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    return low, high, (source - low).astype(np.float32)
+
+
+def _resize_axis(x: paddle.Tensor, size: int, axis: int) -> paddle.Tensor:
+    low, high, fraction = bilinear_taps(size, x.shape[axis])
+    below = paddle.index_select(x, paddle.to_tensor(low), axis=axis)
+    above = paddle.index_select(x, paddle.to_tensor(high), axis=axis)
+    shape = [1] * len(x.shape)
+    shape[axis] = size
+    return below + (above - below) * paddle.to_tensor(fraction.reshape(shape))
+
+
+def upsample_bilinear(maps: paddle.Tensor, size: Sequence[int]) -> paddle.Tensor:
+    """[N, h, w] -> [N, H, W], bilinear, written as gathers: F.interpolate (a float-array
+    attribute) and a matmul over a 1-pixel axis both fail in Paddle Inference's oneDNN executor."""
+    return _resize_axis(_resize_axis(maps, int(size[0]), 1), int(size[1]), 2)
+
+
 def feature_discrepancy_map(cloner_stages, expert_stages, lamda: float, image_size,
                             direction_only: bool = False) -> paddle.Tensor:
     """[N, H, W]: per-location (1 - cos over channels) + lamda * mean squared error over channels
-    for stages 2..4, each upsampled (bilinear) to the image size and summed, then blurred."""
+    for stages 2..4, each upsampled (bilinear) to the image size and summed, then blurred.
+
+    The mean over channels makes the spatial mean of the squared-error term equal to the score's
+    MSE term of that stage."""
     total = None
     for l in SCORE_STAGES:
         c, e = cloner_stages[l], expert_stages[l]
         local = 1 - F.cosine_similarity(c, e, axis=1)
         if not direction_only:
             local = local + lamda * ((c - e) ** 2).mean(axis=1)
-        local = F.interpolate(local.unsqueeze(1), size=image_size, mode="bilinear",
-                              align_corners=False).squeeze(1)
+        local = upsample_bilinear(local, image_size)
         total = local if total is None else total + local
     return gaussian_blur(total)
 
