@@ -1,17 +1,29 @@
 """Datasets and loaders per `dataset_name`; every loader streams fixed-size batches in order."""
 import paddle
 
-from dataset import MVTecDataset
+from classification_datasets import INPUT_SIZES, one_class_dataset
+from dataset import MVTecDataset, scan_class_folders
 
 MASKS = {"mvtec": "required", "folder": "optional"}
 
 
+def input_size(config: dict) -> int:
+    """The side of the square network input: fixed by the protocol for MNIST, Fashion-MNIST and
+    CIFAR-10, `mvtec_img_size` for the folder datasets (mvtec, folder, retina)."""
+    return INPUT_SIZES.get(config["dataset_name"], config["mvtec_img_size"])
+
+
 def build_dataset(config: dict, split: str) -> paddle.io.Dataset:
     """The `split` ('train' or 'test') of the configured dataset and normal class."""
-    name = config["dataset_name"]
+    name, root = config["dataset_name"], config["dataset_root"]
     if name in MASKS:
-        return MVTecDataset.from_folder(config["dataset_root"], config["normal_class"], split,
+        return MVTecDataset.from_folder(root, config["normal_class"], split,
                                         config["mvtec_img_size"], masks=MASKS[name])
+    if name == "retina":
+        return MVTecDataset(scan_class_folders(root, split, config["normal_class"]),
+                            config["mvtec_img_size"])
+    if name in INPUT_SIZES:
+        return one_class_dataset(name, root, split, config["normal_class"])
     raise NotImplementedError(f"dataset_name {name!r}")
 
 

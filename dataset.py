@@ -1,8 +1,11 @@
-"""Reading images and masks in the MVTec AD layout.
+"""Reading images and masks in the MVTec AD layout, and class folders such as Retinal OCT's.
 
     <root>/<category>/train/good/*.png
     <root>/<category>/test/good/*.png, test/<defect>/*.png
     <root>/<category>/ground_truth/<defect>/<name>_mask.png
+
+    <root>/train/<normal_class>/*.jpeg          (OCT2017: train/NORMAL)
+    <root>/test/<class>/*.jpeg                  (test/NORMAL, test/CNV, test/DME, test/DRUSEN)
 
 Preprocessing is the reference code's: RGB, PIL bilinear resize to `img_size` x `img_size`,
 scaled to [0, 1], no mean/std normalisation; masks are resized the same way (soft edges kept).
@@ -140,6 +143,26 @@ def _check_orphan_masks(ground_truth: str, samples: List[Sample], test_dir: str)
                 image_stem = stem[:-len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
                 raise UserError(f"mask {path} has no test image (expected "
                                 f"{os.path.join(test_dir, defect, image_stem)}.png)")
+
+
+def scan_class_folders(root: str, split: str, normal_class: str) -> List[Sample]:
+    """Images of <root>/<split>/<class>/ in file-name order, label 1 unless the class is
+    `normal_class`; the training split keeps the normal class only. No masks."""
+    if not os.path.isdir(root):
+        raise UserError(f"dataset root not found: {root}")
+    scan = _image_folders(os.path.join(root, split))
+    if normal_class not in scan.classes:
+        raise UserError(f"normal_class '{normal_class}' has no folder in "
+                        f"{os.path.join(root, split)}; it holds: " + ", ".join(scan.classes))
+    samples = []
+    for path, target in scan.samples:
+        name = scan.classes[target]
+        if split == "train" and name != normal_class:
+            continue
+        samples.append(Sample(path, int(name != normal_class), name))
+    if not any(sample.label == 0 for sample in samples):
+        raise UserError(f"no images in {os.path.join(root, split, normal_class)}")
+    return samples
 
 
 class MVTecDataset(paddle.io.Dataset):

@@ -18,6 +18,7 @@ MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", 
                     "metal_nut", "pill", "screw", "tile", "toothbrush", "transistor", "wood",
                     "zipper")
 DATASETS = ("mvtec", "folder", "mnist", "fashionmnist", "cifar10", "retina")
+CLASS_INDEX_DATASETS = ("mnist", "fashionmnist", "cifar10")  # normal_class is 0..9
 LOCALIZATION_METHODS = ("gradients", "smooth_grad", "gbp", "integrated_gradients", "feature_diff")
 
 
@@ -161,6 +162,14 @@ def check_consistency(config: dict) -> None:
             raise UserError(f"normal_class {category!r} is not an MVTec AD category; valid: "
                             + ", ".join(MVTEC_CATEGORIES)
                             + " (use dataset_name: folder for your own images)")
+    if config["dataset_name"] in CLASS_INDEX_DATASETS:
+        label = config["normal_class"]
+        if isinstance(label, str) or not 0 <= label < 10:
+            raise UserError(f"normal_class {label!r} is not a class of "
+                            f"{config['dataset_name']}: expected a class index 0..9")
+    if config["dataset_name"] == "retina" and not isinstance(config["normal_class"], str):
+        raise UserError(f"normal_class {config['normal_class']!r} for retina must be the name "
+                        "of the normal class folder, e.g. NORMAL")
     if config["dataset_name"] in ("mvtec", "folder", "retina") and \
             not _multiple_of_32(config["mvtec_img_size"]):
         raise UserError("config key 'mvtec_img_size': expected a multiple of 32, at least 32, "
