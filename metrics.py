@@ -1,4 +1,4 @@
-"""Evaluation metrics: image ROC-AUC and the paper's localization AUC.
+"""Evaluation metrics: image ROC-AUC and F1, the paper's localization AUC, pixel ROC-AUC, AUPRO.
 
 The paper's localization AUC binarises each map at t = 0.000, 0.001, ..., 0.999, applies a
 morphological opening (3x3 ellipse) and sweeps TPR = sum(bin * gt) / sum(gt) against
@@ -6,15 +6,26 @@ FPR = sum(bin * (1 - gt)) / sum(1 - gt) over the defective test images (soft mas
 the trapezoid rule. Opening with a flat structuring element commutes with thresholding, so
 "open(map >= t)" equals "grey_open(map) >= t": one grey opening per map and a histogram give all
 1000 points at once, the same numbers as the 1000-fold loop.
+
+The standard metrics use every test image (good ones too) with masks binarised at 0.5:
+pixel ROC-AUC over all pixels, and AUPRO as in the MVTec AD evaluation protocol (Bergmann et al.,
+IJCV 2021): the mean overlap of the thresholded map with each connected defect region (8-connected)
+against the false-positive rate on defect-free pixels, integrated up to FPR 0.3 and divided by 0.3.
 """
+from typing import Tuple
+
 import cv2
 import numpy as np
-from sklearn.metrics import auc, roc_auc_score
+from scipy import ndimage
+from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
 
 from utils.errors import UserError
 
 PAPER_THRESHOLDS = np.array([0.001 * i for i in range(1000)])
 OPENING_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+MASK_LEVEL = 0.5  # a resized (soft) mask pixel is a defect pixel from this value on
+AUPRO_FPR_LIMIT = 0.3
+REGION_CONNECTIVITY = np.ones((3, 3), dtype=int)  # 8-connected, as the MVTec AD evaluation code
 
 
 def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -71,3 +82,82 @@ def loc_auc_paper(maps: np.ndarray, masks: np.ndarray) -> float:
     metric = PaperLocalizationAUC()
     metric.update(maps, masks)
     return metric.compute()
+
+
+def image_f1_max(labels: np.ndarray, scores: np.ndarray) -> Tuple[float, float]:
+    """(largest F1 over all thresholds, that threshold): an image is called anomalous when its
+    score >= the threshold; the lowest such threshold when several reach the maximum."""
+    labels = np.asarray(labels)
+    if not labels.any():
+        return float("nan"), float("nan")
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    denominator = precision + recall
+    f1 = np.where(denominator > 0, 2 * precision * recall / np.where(denominator > 0,
+                                                                     denominator, 1), 0.0)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+def binarize_masks(masks: np.ndarray) -> np.ndarray:
+    return np.asarray(masks) >= MASK_LEVEL
+
+
+def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
+    """ROC-AUC of all pixels of all test images [N, H, W]; nan without defect or normal pixels."""
+    truth = binarize_masks(masks).ravel()
+    if truth.all() or not truth.any():
+        return float("nan")
+    return float(roc_auc_score(truth, np.asarray(maps, dtype=np.float64).ravel()))
+
+
+def pro_curve(maps: np.ndarray, masks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The exact (FPR, PRO) curve over all thresholds, from (0, 0) to (1, 1).
+
+    A pixel is positive when its map value >= the threshold. Sorting all pixels by value, each
+    defect-free pixel moves FPR by 1 / (number of defect-free pixels) and each pixel of region r
+    moves PRO by 1 / (number of regions * size of r); tied values form one point."""
+    maps = np.asarray(maps, dtype=np.float64)
+    fpr_step = np.zeros(maps.shape)
+    pro_step = np.zeros(maps.shape)
+    regions = 0
+    for i, mask in enumerate(binarize_masks(masks)):
+        labelled, count = ndimage.label(mask, structure=REGION_CONNECTIVITY)
+        sizes = np.bincount(labelled.ravel())
+        fpr_step[i] = labelled == 0
+        pro_step[i] = np.where(labelled > 0, 1.0 / sizes[labelled], 0.0)
+        regions += count
+    normal = fpr_step.sum()
+    if regions == 0 or normal == 0:
+        raise ValueError("the PRO curve needs defect regions and defect-free pixels")
+    order = np.argsort(-maps.ravel(), kind="stable")
+    values = maps.ravel()[order]
+    fpr = np.cumsum(fpr_step.ravel()[order]) / normal
+    pro = np.cumsum(pro_step.ravel()[order]) / regions
+    last_of_tie = np.append(np.diff(values) != 0, True)
+    fpr = np.clip(fpr[last_of_tie], 0.0, 1.0)
+    pro = np.clip(pro[last_of_tie], 0.0, 1.0)
+    return np.concatenate([[0.0], fpr, [1.0]]), np.concatenate([[0.0], pro, [1.0]])
+
+
+def area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
+    """Trapezoid area under the curve (x ascending) from x = 0 to x = limit, the curve
+    interpolated linearly at the limit."""
+    inside = x <= limit
+    area = np.trapezoid(y[inside], x[inside])
+    beyond = np.flatnonzero(~inside)
+    if beyond.size:
+        i = beyond[0]  # the first point past the limit; i >= 1 since x[0] = 0
+        y_limit = y[i - 1] + (y[i] - y[i - 1]) * (limit - x[i - 1]) / (x[i] - x[i - 1])
+        area += 0.5 * (y[i - 1] + y_limit) * (limit - x[i - 1])
+    return float(area)
+
+
+def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = AUPRO_FPR_LIMIT) -> float:
+    """Area under the PRO curve up to `fpr_limit`, divided by it (1.0 is perfect); nan when the
+    test set has no defect region or no defect-free pixel."""
+    try:
+        fpr, pro = pro_curve(maps, masks)
+    except ValueError:
+        return float("nan")
+    return area_up_to(fpr, pro, fpr_limit) / fpr_limit

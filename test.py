@@ -1,4 +1,4 @@
-"""Evaluate a trained cloner: detection ROC-AUC and the paper's localization AUC.
+"""Evaluate a trained cloner: detection and localization metrics, scores, maps and pictures.
 
     python test.py --config configs/config.yaml --dataset_root Dataset/MVTec --normal_class bottle
     python test.py --model_path output/bottle/final_model.pdparams --save_dir results/bottle
@@ -9,15 +9,16 @@ training saved beside the checkpoint, so --model_path alone is enough.
 import argparse
 import csv
 import json
+import math
 import os
 
 import numpy as np
 from tqdm import tqdm
 
-from dataloader import build_test_loader
-from metrics import image_auroc
+from dataloader import build_test_loader, input_size
 from network import load_cloner
-from test_functions import MapGenerator, evaluate, make_scorer
+from test_functions import Evaluation, MapGenerator, evaluate, evaluation_metrics, make_scorer
+from utils import plots
 from utils.config import add_config_args, config_from_args, load_saved_config, parse_override
 from utils.device import setup_device
 from utils.errors import UserError, report_user_errors
@@ -85,13 +86,57 @@ def save_maps_npz(path: str, result) -> None:
     atomic_write(path, write)
 
 
+def save_pictures(save_dir: str, result: Evaluation, dataset, metrics: dict,
+                  model_path: str, title: str, log=print) -> list:
+    """roc_curve.png, anomaly_maps.png (errors first) and, from the model's history.json,
+    training_curves.png; returns the files written."""
+    threshold = metrics.get("image_f1_threshold")
+    written = [plots.plot_roc(result.labels, result.scores,
+                              os.path.join(save_dir, plots.ROC_FILE), title, threshold)]
+    rows, reasons = zip(*plots.example_rows(result.labels, result.scores))
+    rows = list(rows)
+    captions = ["/".join(result.paths[r].replace("\\", "/").split("/")[-2:]) + f" ({why})"
+                for r, why in zip(rows, reasons)]
+    maps = result.maps[rows] if result.maps is not None else None
+    top = float(result.maps.max()) if result.maps is not None else 1.0
+    map_range = (0.0, top if result.method == "feature_diff" and top > 0 else 1.0)
+    written.append(plots.plot_examples(
+        [dataset[int(result.indices[r])][0] for r in rows], result.labels[rows],
+        result.scores[rows], captions,
+        os.path.join(save_dir, plots.EXAMPLES_FILE), maps=maps,
+        masks=result.masks[rows] if maps is not None else None, threshold=threshold,
+        normalization=getattr(dataset, "normalization", None), map_range=map_range,
+        title=title + " - errors at the F1-max threshold first"))
+    history_path = os.path.join(os.path.dirname(model_path), "history.json")
+    if os.path.isfile(history_path):
+        with open(history_path, encoding="utf-8") as stream:
+            history = json.load(stream)
+        written.append(plots.plot_training_history(
+            history, os.path.join(save_dir, plots.TRAINING_FILE), title))
+    else:
+        log(f"note: {history_path} not found; no training curves")
+    return written
+
+
+def _json_safe(summary: dict) -> dict:
+    """Undefined metrics (nan) as null, so that metrics.json is strict JSON."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in summary.items()}
+
+
+def _metric_text(metrics: dict) -> str:
+    names = [("image_f1_max", "image F1-max"), ("pixel_auroc", "pixel ROC-AUC"),
+             ("aupro", "AUPRO (FPR <= 0.3)")]
+    return ", ".join(f"{label} {metrics[key]:.4f}" for key, label in names if key in metrics)
+
+
 def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: bool = False,
-             log=print) -> dict:
+             log=print, pictures: bool = True) -> dict:
     device = setup_device(config)
     expert, cloner, config = load_model(config, model_path, log)
     loader = build_test_loader(config)
     dataset = loader.dataset
-    size = config["mvtec_img_size"]
+    size = input_size(config)
     localize = config["localization_test"] and getattr(dataset, "has_masks", False)
     progress = lambda batches: tqdm(batches, desc="test", disable=None, leave=False)
     if localize:
@@ -100,29 +145,35 @@ def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: boo
         result = evaluate(loader, map_generator=generator, progress=progress)
     else:
         if config["localization_test"]:
-            log("note: no ground-truth masks for this dataset; localization is skipped")
+            log("note: no ground-truth masks for this dataset; localization metrics are skipped")
         scorer = make_scorer(expert, cloner, config, device, [3, size, size])
         result = evaluate(loader, scorer=scorer, progress=progress)
-    metrics = {"image_auroc": image_auroc(result.labels, result.scores)}
-    if localize:
-        metrics["loc_auc_paper"] = result.loc_auc.compute()
+    metrics = evaluation_metrics(result)
     category = config["normal_class"]
     log(f"{config['dataset_name']} '{category}': detection image ROC-AUC "
         f"{metrics['image_auroc']:.4f}"
         + (f", localization AUC (paper's metric, {config['localization_method']}) "
            f"{metrics['loc_auc_paper']:.4f}" if localize else ""))
+    log(_metric_text(metrics))
     summary = {**metrics, "dataset": config["dataset_name"], "normal_class": category,
                "localization_method": config["localization_method"] if localize else None,
                "model_path": model_path, "num_images": int(len(result.labels)),
                "num_anomalous": int(result.labels.sum())}
+    if not localize:
+        summary["note"] = ("localization metrics skipped: no ground-truth masks"
+                           if config["localization_test"] else "localization_test is false")
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
-        atomic_write_text(os.path.join(save_dir, "metrics.json"),
-                          json.dumps(summary, indent=2) + "\n")
         write_scores_csv(os.path.join(save_dir, "scores.csv"), result.paths, result.labels,
                          result.scores)
         if save_maps and result.maps is not None:
             save_maps_npz(os.path.join(save_dir, "maps.npz"), result)
+        if pictures:
+            save_pictures(save_dir, result, dataset, metrics, model_path,
+                          f"{config['dataset_name']} '{category}'", log)
+        # written last: its presence marks a finished test (run_all.py relies on it)
+        atomic_write_text(os.path.join(save_dir, "metrics.json"),
+                          json.dumps(_json_safe(summary), indent=2) + "\n")
         log(f"wrote {save_dir}/metrics.json and scores.csv")
     return {"summary": summary, "result": result}
 
@@ -132,14 +183,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Detection and localization test of a cloner.")
     add_model_args(parser)
     parser.add_argument("--save_dir", default=None,
-                        help="write metrics.json and scores.csv (path,label,score) here")
+                        help="write metrics.json, scores.csv (path,label,score) and the pictures "
+                             "(roc_curve.png, anomaly_maps.png, training_curves.png) here")
     parser.add_argument("--save_maps", action="store_true",
                         help="also write maps.npz (maps, masks, labels, paths in test order)")
+    parser.add_argument("--no_pictures", action="store_true", help="skip the pictures")
     args = parser.parse_args(argv)
     config, model_path = resolve_model(args)
     log = get_logger("test", os.path.join(config["log_dir"],
                                           f"{config['normal_class']}_test.log")).info
-    run_test(config, model_path, args.save_dir, args.save_maps, log)
+    run_test(config, model_path, args.save_dir, args.save_maps, log,
+             pictures=not args.no_pictures)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Detection and localization tests: scores and saliency maps over a test loader, in batches.
 
 Every localization method works on whole batches with one (hand-written) backward pass per
-network evaluation; smooth grad and integrated gradients batch their noisy / scaled copies too.
+network evaluation; smooth grad and integrated gradients stream their noisy / scaled copies
+through the network in batches of the same size, so memory does not grow with their count.
 """
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -15,7 +16,7 @@ from anomaly_map import (EXPORTABLE_METHODS, AnomalyMapModel, ScoreModel, channe
 from backprop import InputGradient
 from loss_functions import anomaly_score
 from engine import make_runner
-from metrics import PaperLocalizationAUC, image_auroc
+from metrics import aupro, image_auroc, image_f1_max, loc_auc_paper, pixel_auroc
 
 SMOOTH_GRAD_SIGMA = 0.05  # the reference's sigma multiplier; the noise std is its square
 
@@ -25,13 +26,32 @@ class Evaluation:
     labels: np.ndarray
     scores: np.ndarray
     paths: List[str]
+    indices: np.ndarray  # dataset index of every row, in test order
     maps: Optional[np.ndarray] = None  # [N, H, W], test-set order
     masks: Optional[np.ndarray] = None
-    loc_auc: PaperLocalizationAUC = field(default_factory=PaperLocalizationAUC)
+    method: Optional[str] = None  # the localization method that drew the maps
 
     @property
     def image_auroc(self) -> float:
         return image_auroc(self.labels, self.scores)
+
+    def loc_auc_paper(self) -> float:
+        """The paper's localization AUC over the defective images."""
+        defective = self.labels == 1
+        return loc_auc_paper(paper_metric_maps(self.maps, self.method)[defective],
+                             self.masks[defective])
+
+
+def paper_metric_maps(maps: np.ndarray, method: str) -> np.ndarray:
+    """The maps that the paper's thresholds 0.000..0.999 are applied to.
+
+    Gradient maps are in [0, 1] per image already. feature_diff maps keep the raw discrepancy,
+    so they are divided by their largest value over the test set: one monotone rescaling shared
+    by all images (no labels used), which pixel ROC-AUC and AUPRO do not see."""
+    if method != "feature_diff":
+        return maps
+    top = float(maps.max())
+    return maps / top if top > 0 else maps
 
 
 class _GrayscaleGradient(nn.Layer):
@@ -46,21 +66,23 @@ class _GrayscaleGradient(nn.Layer):
         return score, normalize_percentile(channel_saliency(grad))
 
 
-def _chunks(array: np.ndarray, size: int):
-    for start in range(0, len(array), size):
-        yield array[start:start + size]
-
-
-def _run_chunked(runner: Callable, inputs: np.ndarray, size: int) -> List[np.ndarray]:
-    parts = [runner(chunk) for chunk in _chunks(inputs, size)]
-    return [np.concatenate(outputs) for outputs in zip(*parts)]
-
-
 def _blur(maps: np.ndarray, min_max: bool) -> np.ndarray:
-    maps = paddle.to_tensor(maps)
+    maps = paddle.to_tensor(maps.astype(np.float32))
     if min_max:
         maps = normalize_min_max(maps)
     return gaussian_blur(maps).numpy()
+
+
+def smooth_grad_noise_std(images: np.ndarray) -> np.ndarray:
+    """[N]: the reference's noise std, (0.05 / (max(x) - min(x))) ** 2 per image."""
+    flat = images.reshape(len(images), -1)
+    spread = flat.max(axis=1) - flat.min(axis=1)
+    return (SMOOTH_GRAD_SIGMA / np.where(spread > 0, spread, 1.0)) ** 2
+
+
+def integration_path(steps: int) -> np.ndarray:
+    """The reference's straight path 0 -> x: alphas k / steps for k = 0..steps."""
+    return np.arange(steps + 1, dtype=np.float64) / steps
 
 
 class MapGenerator:
@@ -80,44 +102,59 @@ class MapGenerator:
                 layer = _GrayscaleGradient(layer)
         self.runner = make_runner(layer, config, device, image_shape)
 
-    def __call__(self, images: np.ndarray):
+    def __call__(self, images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         if self.method in EXPORTABLE_METHODS:
-            return tuple(self.runner(images))
+            scores, maps = self.runner(images)
+            return scores, maps
         if self.method == "smooth_grad":
             return self._smooth_grad(images)
         return self._integrated_gradients(images)
 
-    def _smooth_grad(self, images: np.ndarray):
-        """Mean of the grayscale gradient maps of `samples` noisy copies, min-max, blur; noise
-        std (0.05 / (max(x) - min(x))) ** 2 per image, as in the reference code."""
-        n = len(images)
-        spread = (images.reshape(n, -1).max(1) - images.reshape(n, -1).min(1))
-        std = (SMOOTH_GRAD_SIGMA / np.where(spread > 0, spread, 1.0)) ** 2
-        copies = np.repeat(images, self.samples, axis=0)
-        noise = self.rng.standard_normal(copies.shape).astype(np.float32)
-        copies = copies + noise * np.repeat(std, self.samples)[:, None, None, None].astype(
-            np.float32)
-        _, maps = _run_chunked(self.runner, copies, self.batch_size)
-        mean_maps = maps.reshape(n, self.samples, *maps.shape[1:]).mean(axis=1)
-        scores = self.clean_scores(images)
-        return scores, _blur(mean_maps.astype(np.float32), min_max=True)
+    def _copies(self, count: int, per_image: int) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """(image index, copy index) of copies 0 .. count * per_image - 1, a batch at a time."""
+        for start in range(0, count * per_image, self.batch_size):
+            copy = np.arange(start, min(start + self.batch_size, count * per_image))
+            yield copy // per_image, copy % per_image
 
-    def clean_scores(self, images: np.ndarray) -> np.ndarray:
-        return _run_chunked(self.runner, images, self.batch_size)[0]
+    def _smooth_grad(self, images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Mean of the grayscale gradient maps of `samples` noisy copies, min-max, blur. The noise
+        is drawn copy by copy in image order (image 0's copies first)."""
+        std = smooth_grad_noise_std(images).astype(np.float32)
+        total = np.zeros((len(images), *images.shape[2:]), dtype=np.float64)
+        for owner, _ in self._copies(len(images), self.samples):
+            noise = self.rng.standard_normal((len(owner), *images.shape[1:]), dtype=np.float32)
+            _, maps = self.runner(images[owner] + noise * std[owner, None, None, None])
+            np.add.at(total, owner, maps)
+        scores = self.runner(images)[0]
+        return scores, _blur(total / self.samples, min_max=True)
 
-    def _integrated_gradients(self, images: np.ndarray):
+    def _integrated_gradients(self, images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Gradients along the straight path 0 -> x (steps + 1 points, summed / steps, as the
         reference), times x; per pixel the largest |value| over channels, then as `gradients`."""
-        n = len(images)
-        alphas = np.arange(self.steps + 1, dtype=np.float32) / self.steps
-        path = (alphas[None, :, None, None, None] * images[:, None]).reshape(
-            -1, *images.shape[1:])
-        scores, grads = _run_chunked(self.runner, path, self.batch_size)
-        grads = grads.reshape(n, self.steps + 1, *images.shape[1:]).sum(axis=1) / self.steps
-        attribution = np.abs(grads * images).max(axis=1)
+        alphas = integration_path(self.steps)
+        total = np.zeros(images.shape, dtype=np.float64)
+        scores = np.zeros(len(images), dtype=np.float64)
+        for owner, step in self._copies(len(images), self.steps + 1):
+            path = images[owner] * alphas[step, None, None, None].astype(np.float32)
+            path_scores, grads = self.runner(path)
+            np.add.at(total, owner, grads)
+            end = step == self.steps  # alpha = 1: the image itself
+            scores[owner[end]] = path_scores[end]
+        attribution = np.abs(total / self.steps * images).max(axis=1)
         maps = normalize_percentile(paddle.to_tensor(attribution.astype(np.float32)))
-        clean = scores.reshape(n, self.steps + 1)[:, -1]
-        return clean, gaussian_blur(maps).numpy()
+        return scores.astype(np.float32), gaussian_blur(maps).numpy()
+
+
+def evaluation_metrics(result: Evaluation) -> dict:
+    """Detection metrics, and the localization metrics when the evaluation has maps."""
+    f1, threshold = image_f1_max(result.labels, result.scores)
+    metrics = {"image_auroc": result.image_auroc, "image_f1_max": f1,
+               "image_f1_threshold": threshold}
+    if result.maps is not None:
+        metrics.update(loc_auc_paper=result.loc_auc_paper(),
+                       pixel_auroc=pixel_auroc(result.maps, result.masks),
+                       aupro=aupro(result.maps, result.masks))
+    return metrics
 
 
 def make_scorer(expert, cloner, config: dict, device: str, image_shape) -> Callable:
@@ -134,32 +171,27 @@ def detection_test(scorer: Callable, loader) -> Evaluation:
 
 def evaluate(loader, scorer: Callable = None, map_generator: MapGenerator = None,
              progress: Callable = None) -> Evaluation:
-    """One streaming pass: scores (and maps) batch by batch. Maps are kept for all images (the
-    paper's AUC is accumulated over the defective ones), masks likewise."""
+    """One streaming pass: scores (and maps, masks) batch by batch, kept in test order."""
     labels, scores, indices, maps, masks = [], [], [], [], []
-    loc_auc = PaperLocalizationAUC()
     for images, batch_labels, batch_masks, batch_indices in (progress or iter)(loader):
         images = images.numpy()
-        batch_labels, batch_masks = batch_labels.numpy(), batch_masks.numpy()
         if map_generator is None:
             batch_scores = scorer(images)
         else:
             batch_scores, batch_maps = map_generator(images)
             maps.append(batch_maps)
-            masks.append(batch_masks)
-            defective = batch_labels == 1
-            if defective.any():
-                loc_auc.update(batch_maps[defective], batch_masks[defective])
-        labels.append(batch_labels)
+            masks.append(batch_masks.numpy())
+        labels.append(batch_labels.numpy())
         scores.append(batch_scores)
         indices.append(batch_indices.numpy())
     dataset = loader.dataset
     order = np.concatenate(indices)
     return Evaluation(
         labels=np.concatenate(labels), scores=np.concatenate(scores).astype(np.float64),
-        paths=[dataset.paths[i] for i in order],
+        paths=[dataset.paths[i] for i in order], indices=order,
         maps=np.concatenate(maps) if maps else None,
-        masks=np.concatenate(masks) if masks else None, loc_auc=loc_auc)
+        masks=np.concatenate(masks) if masks else None,
+        method=map_generator.method if map_generator is not None else None)
 
 
 def score_cached(cloner, cache, config: dict) -> np.ndarray:

@@ -183,8 +183,9 @@ def test_train_and_test_on_mnist_write_scores_for_the_whole_test_set(mnist_root,
                       "--save_dir", str(out)])
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["num_images"] == MNIST_COUNT and metrics["num_anomalous"] == 90
-    assert "loc_auc_paper" not in metrics
+    assert "loc_auc_paper" not in metrics and metrics["note"] == "localization_test is false"
     with open(out / "scores.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [row["path"] for row in rows[:2]] == ["mnist/test/00000", "mnist/test/00001"]
     assert sum(int(row["label"]) for row in rows) == 90
+    assert os.path.isfile(out / "roc_curve.png") and os.path.isfile(out / "anomaly_maps.png")

@@ -1,0 +1,143 @@
+"""Pictures of a test run: image ROC curve, example anomaly maps, training curves (matplotlib Agg)."""
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+ROC_FILE, EXAMPLES_FILE, TRAINING_FILE = "roc_curve.png", "anomaly_maps.png", "training_curves.png"
+MAP_COLORS = "jet"
+DPI = 100
+
+
+def _save(figure, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def plot_roc(labels: np.ndarray, scores: np.ndarray, path: str, title: str = "",
+             threshold: Optional[float] = None) -> str:
+    """The image-level ROC curve (anomalous = positive), with the point of `threshold` marked."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    figure, axes = plt.subplots(figsize=(4.2, 4.2))
+    axes.plot(fpr, tpr, color="tab:blue", lw=2,
+              label=f"image ROC-AUC {roc_auc_score(labels, scores):.4f}")
+    axes.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="chance")
+    if threshold is not None:
+        called = np.asarray(scores) >= threshold
+        labels = np.asarray(labels)
+        axes.plot(called[labels == 0].mean(), called[labels == 1].mean(), "o", color="tab:red",
+                  label=f"F1-max threshold {threshold:.4g}")
+    axes.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false positive rate (normal images)",
+             ylabel="true positive rate (anomalous images)", title=title or "image ROC")
+    axes.set_aspect("equal")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    return _save(figure, path)
+
+
+def example_rows(labels: np.ndarray, scores: np.ndarray,
+                 per_group: int = 2) -> List[Tuple[int, str]]:
+    """(index, why it is shown) for the example grid: the errors first (highest-scored normal
+    images, then lowest-scored anomalous ones), then the clearest cases (highest-scored
+    anomalous, lowest-scored normal); no image twice."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    normal = np.flatnonzero(labels == 0)
+    anomalous = np.flatnonzero(labels == 1)
+    normal = normal[np.argsort(-scores[normal], kind="stable")]
+    anomalous = anomalous[np.argsort(scores[anomalous], kind="stable")]
+    groups = [(normal[:per_group], "highest-scored normal"),
+              (anomalous[:per_group], "lowest-scored anomalous"),
+              (anomalous[::-1][:per_group], "highest-scored anomalous"),
+              (normal[::-1][:per_group], "lowest-scored normal")]
+    rows, seen = [], set()
+    for members, why in groups:
+        for index in members:
+            if int(index) not in seen:
+                seen.add(int(index))
+                rows.append((int(index), why))
+    return rows
+
+
+def display_image(image: np.ndarray, normalization=None) -> np.ndarray:
+    """[3, H, W] network input -> [H, W, 3] in [0, 1] (undoing a mean/std normalisation)."""
+    image = np.asarray(image, dtype=np.float32)
+    if normalization is not None:
+        mean, std = normalization
+        image = image * np.asarray(std)[:, None, None] + np.asarray(mean)[:, None, None]
+    return np.clip(image.transpose(1, 2, 0), 0.0, 1.0)
+
+
+def _outcome(label: int, score: float, threshold: Optional[float]) -> str:
+    if threshold is None:
+        return "anomalous" if label else "normal"
+    called = score >= threshold
+    return {(1, True): "TP", (1, False): "FN (missed)", (0, True): "FP (false alarm)",
+            (0, False): "TN"}[(int(label), bool(called))]
+
+
+def plot_examples(images: Sequence[np.ndarray], labels: np.ndarray, scores: np.ndarray,
+                  captions: Sequence[str], path: str, maps: Optional[np.ndarray] = None,
+                  masks: Optional[np.ndarray] = None, threshold: Optional[float] = None,
+                  normalization=None, map_range=(0.0, 1.0), title: str = "") -> str:
+    """One row per image: the image, its ground truth, the anomaly map and an overlay with the
+    ground-truth outline (white); all maps share one colour scale (`map_range`)."""
+    columns = ["image"] + (["ground truth", "anomaly map", "overlay"] if maps is not None else [])
+    rows = len(images)
+    figure, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns) + 0.8,
+                                                             2.3 * rows + 0.4),
+                                squeeze=False, layout="constrained")
+    shown = None
+    for r in range(rows):
+        picture = display_image(images[r], normalization)
+        axes[r, 0].imshow(picture)
+        axes[r, 0].set_title(f"{captions[r]}\n{_outcome(labels[r], scores[r], threshold)}, "
+                             f"score {scores[r]:.4g}", fontsize=7)
+        if maps is not None:
+            axes[r, 1].imshow(masks[r], cmap="gray", vmin=0, vmax=1)
+            shown = axes[r, 2].imshow(maps[r], cmap=MAP_COLORS, vmin=map_range[0],
+                                      vmax=map_range[1])
+            axes[r, 3].imshow(picture)
+            axes[r, 3].imshow(maps[r], cmap=MAP_COLORS, vmin=map_range[0], vmax=map_range[1],
+                              alpha=0.45)
+            if masks[r].max() >= 0.5:
+                axes[r, 3].contour(masks[r], levels=[0.5], colors="white", linewidths=0.8)
+        for c, name in enumerate(columns):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0 and c > 0:
+                axes[r, c].set_title(name, fontsize=8)
+    if shown is not None:
+        figure.colorbar(shown, ax=axes, shrink=0.3, aspect=30, label="anomaly map")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return _save(figure, path)
+
+
+def plot_training_history(history: dict, path: str, title: str = "") -> str:
+    """Loss per epoch and the test-set image ROC-AUC at the evaluated epochs (history.json)."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(history["epoch"], history["loss"], color="tab:blue", lw=1.5)
+    left.set(xlabel="epoch", ylabel="loss (sum over the epoch's batches)", title="training loss")
+    if min(history["loss"], default=1) > 0:
+        left.set_yscale("log")
+        left.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        left.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        left.yaxis.set_minor_formatter(ticker.NullFormatter())
+    right.plot(history["eval_epoch"], history["image_auroc"], "o-", color="tab:green", lw=1.5,
+               ms=3)
+    right.set(xlabel="epoch", ylabel="image ROC-AUC", ylim=(-0.02, 1.02),
+              title="test-set image ROC-AUC (monitoring)")
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path)
