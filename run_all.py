@@ -1,0 +1,195 @@
+"""Train and test a list of categories (default: every category of the data set), resumably.
+
+    python run_all.py --config configs/config.yaml --dataset_root Dataset/MVTec
+    python run_all.py --config configs/demo.yaml --categories demo -o num_epochs=5
+
+For each category, train.py and then test.py run as separate processes (a failing category does
+not stop the others): training is skipped when <save_dir>/<category>/final_model.pdparams exists
+and continued with --resume when only last.pdckpt does; the test writes
+<results_dir>/<dataset>/<category>/ (metrics.json, scores.csv, pictures), and a category whose
+metrics.json exists is skipped altogether. After every category the tables are rewritten:
+<results_dir>/<dataset>_results.md and <results_dir>/<dataset>_results.json.
+
+One category is one call of `run_category(job)`, a function of the job alone: running categories
+in parallel (one process per GPU with CUDA_VISIBLE_DEVICES in `env`, or per group of CPU cores
+with -o cpu_threads=N) only needs a pool that maps it over the jobs.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from utils.config import MVTEC_CATEGORIES, build_config
+from utils.errors import UserError, report_user_errors
+from utils.files import atomic_write_text
+from utils.results import results_json, results_markdown
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FINAL_MODEL, LAST_STATE, METRICS_FILE = "final_model.pdparams", "last.pdckpt", "metrics.json"
+
+
+@dataclass
+class Job:
+    """Everything one category's train + test needs; picklable, so it can go to a process pool."""
+    category: object
+    config_path: str
+    overrides: List[str]
+    model_dir: str  # where train.py writes (<save_dir>/<category>)
+    test_dir: str  # where test.py writes (<results_dir>/<dataset>/<category>)
+    log_dir: str
+    dataset_root: Optional[str] = None
+    env: Dict[str, str] = field(default_factory=dict)  # extra environment, e.g. CUDA_VISIBLE_DEVICES
+
+
+def category_override(category) -> str:
+    """normal_class=<category>, a name kept a string even when it looks like a number."""
+    return f"normal_class={category}" if isinstance(category, int) else \
+        f"normal_class={json.dumps(str(category))}"
+
+
+def default_categories(config: dict) -> list:
+    """Every category of the configured data set."""
+    name = config["dataset_name"]
+    if name == "mvtec":
+        return list(MVTEC_CATEGORIES)
+    if name in ("mnist", "fashionmnist", "cifar10"):
+        return list(range(10))
+    if name == "retina":
+        return [config["normal_class"]]
+    root = config["dataset_root"]
+    if not os.path.isdir(root):
+        raise UserError(f"dataset root not found: {root}")
+    return sorted(entry for entry in os.listdir(root)
+                  if os.path.isdir(os.path.join(root, entry, "train")))
+
+
+def parse_categories(texts: List[str], dataset_name: str) -> list:
+    return [int(text) if dataset_name in ("mnist", "fashionmnist", "cifar10") and text.isdigit()
+            else text for text in texts]
+
+
+def make_jobs(config_path: str, overrides: List[str], categories: list, results_dir: str,
+              dataset_root: Optional[str] = None) -> List[Job]:
+    """One job per category; every category's config is validated first (one line on error)."""
+    jobs = []
+    for category in categories:
+        extra = ([f"dataset_root={dataset_root}"] if dataset_root else []) + [
+            category_override(category)]
+        config = build_config(files=[config_path], overrides=extra + list(overrides))
+        jobs.append(Job(category=category, config_path=config_path, overrides=list(overrides),
+                        model_dir=os.path.join(config["save_dir"], str(category)),
+                        test_dir=os.path.join(results_dir, config["dataset_name"], str(category)),
+                        log_dir=config["log_dir"], dataset_root=dataset_root))
+    return jobs
+
+
+def planned_steps(job: Job) -> List[str]:
+    """What is left to do for a job: [], ['test'], ['train', 'test'] or ['resume', 'test']."""
+    if os.path.isfile(os.path.join(job.test_dir, METRICS_FILE)):
+        return []
+    if os.path.isfile(os.path.join(job.model_dir, FINAL_MODEL)):
+        return ["test"]
+    if os.path.isfile(os.path.join(job.model_dir, LAST_STATE)):
+        return ["resume", "test"]
+    return ["train", "test"]
+
+
+def script_command(job: Job, step: str) -> List[str]:
+    """The train.py / test.py command line of one step. Resuming takes the settings saved in
+    last.pdckpt (plus the overrides), not the config file again."""
+    args = ([] if step == "resume" else ["--config", job.config_path]) + [
+        "-o", category_override(job.category)]
+    if job.dataset_root:
+        args += ["--dataset_root", job.dataset_root]
+    for override in job.overrides:
+        args += ["-o", override]
+    if step == "test":
+        return [sys.executable, os.path.join(HERE, "test.py"), *args, "--model_path",
+                os.path.join(job.model_dir, FINAL_MODEL), "--save_dir", job.test_dir]
+    return [sys.executable, os.path.join(HERE, "train.py"), *args] + (
+        ["--resume"] if step == "resume" else [])
+
+
+def run_category(job: Job, run: Optional[Callable] = None) -> dict:
+    """Train (or resume) and test one category; returns {'category', 'status', 'metrics',
+    'error'} with status 'done', 'skipped' or 'failed'. `run` runs a command (subprocess.run)."""
+    run = run or subprocess.run
+    steps = planned_steps(job)
+    for step in steps:
+        completed = run(script_command(job, step), env={**os.environ, **job.env})
+        if completed.returncode != 0:
+            script = "test.py" if step == "test" else "train.py"
+            log = os.path.join(job.log_dir, f"{job.category}_{'test' if step == 'test' else 'train'}"
+                                            ".log")
+            return {"category": job.category, "status": "failed", "metrics": None,
+                    "error": f"{script} exited with status {completed.returncode} (see {log})"}
+    with open(os.path.join(job.test_dir, METRICS_FILE), encoding="utf-8") as stream:
+        metrics = json.load(stream)
+    return {"category": job.category, "status": "done" if steps else "skipped",
+            "metrics": metrics, "error": None}
+
+
+def write_results(results_dir: str, dataset: str, outcomes: List[dict], setup: dict) -> str:
+    """<results_dir>/<dataset>_results.md and .json from the outcomes so far; returns the .md."""
+    results = {str(o["category"]): o["metrics"] for o in outcomes}
+    failed = {str(o["category"]): o["error"] for o in outcomes if o["status"] == "failed"}
+    text = ", ".join(f"{key}: {value}" for key, value in setup.items())
+    prefix = os.path.join(results_dir, f"{dataset}_results")
+    atomic_write_text(prefix + ".md", results_markdown(dataset, results, failed,
+                                                       f"Setup: {text}.") + "\n")
+    atomic_write_text(prefix + ".json",
+                      json.dumps(results_json(dataset, results, failed, setup), indent=2) + "\n")
+    return prefix + ".md"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train and test every category, resumably.")
+    parser.add_argument("--config", default="configs/config.yaml", help="YAML config file")
+    parser.add_argument("--dataset_root", default=None, help="folder holding the categories")
+    parser.add_argument("--categories", nargs="+", default=None,
+                        help="categories to run (default: all of the data set)")
+    parser.add_argument("--results_dir", default="results",
+                        help="tables go here, each category's test output under <dataset>/")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override passed to train.py and test.py (repeatable)")
+    return parser.parse_args(argv)
+
+
+@report_user_errors
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    base = build_config(files=[args.config], overrides=(
+        [f"dataset_root={args.dataset_root}"] if args.dataset_root else []) + args.override)
+    dataset = base["dataset_name"]
+    categories = parse_categories(args.categories, dataset) if args.categories else \
+        default_categories(base)
+    if not categories:
+        raise UserError(f"no categories to run in {base['dataset_root']}")
+    jobs = make_jobs(args.config, args.override, categories, args.results_dir, args.dataset_root)
+    setup = {"config": args.config, "overrides": args.override,
+             "model": FINAL_MODEL + " (the model after the last epoch)",
+             "localization_method": base["localization_method"]}
+    outcomes = []
+    for number, job in enumerate(jobs, 1):
+        print(f"[{number}/{len(jobs)}] {job.category}: "
+              + (", ".join(planned_steps(job)) or "finished before, skipped"), flush=True)
+        outcome = run_category(job)
+        if outcome["error"]:
+            print(f"[{number}/{len(jobs)}] {job.category} failed: {outcome['error']}", flush=True)
+        outcomes.append(outcome)
+        table = write_results(args.results_dir, dataset, outcomes + [
+            {"category": j.category, "status": "pending", "metrics": None, "error": None}
+            for j in jobs[number:]], setup)
+    print(f"wrote {table} and {os.path.splitext(table)[0]}.json")
+    failed = [str(o["category"]) for o in outcomes if o["status"] == "failed"]
+    if failed:
+        print(f"error: {len(failed)} of {len(jobs)} categories failed: {', '.join(failed)}",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
