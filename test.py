@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import time
 
 import numpy as np
 from tqdm import tqdm
@@ -98,15 +99,16 @@ def save_pictures(save_dir: str, result: Evaluation, dataset, metrics: dict,
     captions = ["/".join(result.paths[r].replace("\\", "/").split("/")[-2:]) + f" ({why})"
                 for r, why in zip(rows, reasons)]
     maps = result.maps[rows] if result.maps is not None else None
-    top = float(result.maps.max()) if result.maps is not None else 1.0
-    map_range = (0.0, top if result.method == "feature_diff" and top > 0 else 1.0)
+    map_range = (0.0, 1.0)  # gradient maps are scaled to [0, 1] per image
+    if result.method == "feature_diff":  # raw discrepancies: the test set's range
+        map_range = (float(result.maps.min()), float(result.maps.max()))
     written.append(plots.plot_examples(
         [dataset[int(result.indices[r])][0] for r in rows], result.labels[rows],
         result.scores[rows], captions,
         os.path.join(save_dir, plots.EXAMPLES_FILE), maps=maps,
         masks=result.masks[rows] if maps is not None else None, threshold=threshold,
         normalization=getattr(dataset, "normalization", None), map_range=map_range,
-        title=title + " - errors at the F1-max threshold first"))
+        title=title + ": errors at the F1-max threshold first"))
     history_path = os.path.join(os.path.dirname(model_path), "history.json")
     if os.path.isfile(history_path):
         with open(history_path, encoding="utf-8") as stream:
@@ -139,6 +141,7 @@ def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: boo
     size = input_size(config)
     localize = config["localization_test"] and getattr(dataset, "has_masks", False)
     progress = lambda batches: tqdm(batches, desc="test", disable=None, leave=False)
+    started = time.perf_counter()
     if localize:
         generator = MapGenerator(expert, cloner, config, device, [3, size, size],
                                  loader.batch_size)
@@ -148,6 +151,7 @@ def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: boo
             log("note: no ground-truth masks for this dataset; localization metrics are skipped")
         scorer = make_scorer(expert, cloner, config, device, [3, size, size])
         result = evaluate(loader, scorer=scorer, progress=progress)
+    seconds = time.perf_counter() - started  # networks built, run over the test set
     metrics = evaluation_metrics(result)
     category = config["normal_class"]
     log(f"{config['dataset_name']} '{category}': detection image ROC-AUC "
@@ -158,7 +162,7 @@ def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: boo
     summary = {**metrics, "dataset": config["dataset_name"], "normal_class": category,
                "localization_method": config["localization_method"] if localize else None,
                "model_path": model_path, "num_images": int(len(result.labels)),
-               "num_anomalous": int(result.labels.sum())}
+               "num_anomalous": int(result.labels.sum()), "seconds": round(seconds, 2)}
     if not localize:
         summary["note"] = ("localization metrics skipped: no ground-truth masks"
                            if config["localization_test"] else "localization_test is false")

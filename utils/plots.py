@@ -83,39 +83,67 @@ def _outcome(label: int, score: float, threshold: Optional[float]) -> str:
             (0, False): "TN"}[(int(label), bool(called))]
 
 
+def _caption(caption: str, label: int, score: float, threshold: Optional[float]) -> str:
+    return f"{caption}\n{_outcome(label, score, threshold)}, score {score:.4g}"
+
+
 def plot_examples(images: Sequence[np.ndarray], labels: np.ndarray, scores: np.ndarray,
                   captions: Sequence[str], path: str, maps: Optional[np.ndarray] = None,
                   masks: Optional[np.ndarray] = None, threshold: Optional[float] = None,
                   normalization=None, map_range=(0.0, 1.0), title: str = "") -> str:
-    """One row per image: the image, its ground truth, the anomaly map and an overlay with the
-    ground-truth outline (white); all maps share one colour scale (`map_range`)."""
-    columns = ["image"] + (["ground truth", "anomaly map", "overlay"] if maps is not None else [])
+    """With maps, one row per image: the image, its ground truth, the anomaly map and an overlay
+    with the ground-truth outline (white; dashed where the resized mask stays below 0.5, so that
+    the metrics see no defect pixel there); all maps share one colour scale (`map_range`).
+    Without maps, the images in reading order, four to a row."""
+    if maps is None:
+        return _plot_images(images, labels, scores, captions, path, threshold, normalization,
+                            title)
+    columns = ["image", "ground truth", "anomaly map", "overlay"]
     rows = len(images)
-    figure, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns) + 0.8,
-                                                             2.3 * rows + 0.4),
+    figure, axes = plt.subplots(rows, len(columns), figsize=(9.6, 2.3 * rows + 0.4),
                                 squeeze=False, layout="constrained")
     shown = None
     for r in range(rows):
         picture = display_image(images[r], normalization)
         axes[r, 0].imshow(picture)
-        axes[r, 0].set_title(f"{captions[r]}\n{_outcome(labels[r], scores[r], threshold)}, "
-                             f"score {scores[r]:.4g}", fontsize=7)
-        if maps is not None:
-            axes[r, 1].imshow(masks[r], cmap="gray", vmin=0, vmax=1)
-            shown = axes[r, 2].imshow(maps[r], cmap=MAP_COLORS, vmin=map_range[0],
-                                      vmax=map_range[1])
-            axes[r, 3].imshow(picture)
-            axes[r, 3].imshow(maps[r], cmap=MAP_COLORS, vmin=map_range[0], vmax=map_range[1],
-                              alpha=0.45)
-            if masks[r].max() >= 0.5:
-                axes[r, 3].contour(masks[r], levels=[0.5], colors="white", linewidths=0.8)
+        axes[r, 0].set_title(_caption(captions[r], labels[r], scores[r], threshold), fontsize=7)
+        axes[r, 1].imshow(masks[r], cmap="gray", vmin=0, vmax=1)
+        shown = axes[r, 2].imshow(maps[r], cmap=MAP_COLORS, vmin=map_range[0],
+                                  vmax=map_range[1])
+        axes[r, 3].imshow(picture)
+        axes[r, 3].imshow(maps[r], cmap=MAP_COLORS, vmin=map_range[0], vmax=map_range[1],
+                          alpha=0.45)
+        top = float(masks[r].max())
+        if top >= 0.5:  # the defect pixels of the metrics
+            axes[r, 3].contour(masks[r], levels=[0.5], colors="white", linewidths=0.8)
+        elif top > 0:  # a defect thinner than a pixel at this size: no defect pixel left
+            axes[r, 3].contour(masks[r], levels=[top / 2], colors="white", linewidths=0.8,
+                               linestyles="dashed")
         for c, name in enumerate(columns):
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
             if r == 0 and c > 0:
                 axes[r, c].set_title(name, fontsize=8)
-    if shown is not None:
-        figure.colorbar(shown, ax=axes, shrink=0.3, aspect=30, label="anomaly map")
+    figure.colorbar(shown, ax=axes, shrink=0.3, aspect=30, label="anomaly map")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return _save(figure, path)
+
+
+def _plot_images(images, labels, scores, captions, path, threshold, normalization,
+                 title) -> str:
+    columns = min(4, len(images))
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.5 * rows + 0.4),
+                                squeeze=False, layout="constrained")
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(images):
+            ax.set_axis_off()
+            continue
+        ax.imshow(display_image(images[i], normalization))
+        ax.set_title(_caption(captions[i], labels[i], scores[i], threshold), fontsize=7)
     if title:
         figure.suptitle(title, fontsize=9)
     return _save(figure, path)
