@@ -6,7 +6,7 @@ The post-processing follows the reference code: a gradient map is sum_c |g|, sca
 scaling before the blur. Written with Paddle ops so that the exported model outputs the map.
 """
 import math
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -92,7 +92,7 @@ def gradient_map(grad: paddle.Tensor, min_max: bool = False) -> paddle.Tensor:
     return gaussian_blur(maps)
 
 
-def bilinear_taps(out_size: int, in_size: int):
+def bilinear_taps(out_size: int, in_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bilinear resizing along one axis with half-pixel centres (align_corners=False, as
     F.interpolate and OpenCV's INTER_LINEAR): (low index, high index, weight of high) per output."""
     source = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)

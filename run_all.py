@@ -41,7 +41,7 @@ class Job:
     test_dir: str  # where test.py writes (<results_dir>/<dataset>/<category>)
     log_dir: str
     dataset_root: Optional[str] = None
-    env: Dict[str, str] = field(default_factory=dict)  # extra environment, e.g. CUDA_VISIBLE_DEVICES
+    env: Dict[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES
 
 
 def category_override(category) -> str:
@@ -121,11 +121,10 @@ def run_category(job: Job, run: Optional[Callable] = None) -> dict:
     for step in steps:
         completed = run(script_command(job, step), env={**os.environ, **job.env})
         if completed.returncode != 0:
-            script = "test.py" if step == "test" else "train.py"
-            log = os.path.join(job.log_dir, f"{job.category}_{'test' if step == 'test' else 'train'}"
-                                            ".log")
+            kind = "test" if step == "test" else "train"
+            log = os.path.join(job.log_dir, f"{job.category}_{kind}.log")
             return {"category": job.category, "status": "failed", "metrics": None,
-                    "error": f"{script} exited with status {completed.returncode} (see {log})"}
+                    "error": f"{kind}.py exited with status {completed.returncode} (see {log})"}
     with open(os.path.join(job.test_dir, METRICS_FILE), encoding="utf-8") as stream:
         metrics = json.load(stream)
     return {"category": job.category, "status": "done" if steps else "skipped",
@@ -145,7 +144,7 @@ def write_results(results_dir: str, dataset: str, outcomes: List[dict], setup: d
     return prefix + ".md"
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train and test every category, resumably.")
     parser.add_argument("--config", default="configs/config.yaml", help="YAML config file")
     parser.add_argument("--dataset_root", default=None, help="folder holding the categories")

@@ -1,4 +1,4 @@
-"""Pictures of a test run: image ROC curve, example anomaly maps, training curves (matplotlib Agg)."""
+"""Pictures of a test run: image ROC curve, example anomaly maps, training curves (Agg)."""
 import os
 from typing import List, Optional, Sequence, Tuple
 
