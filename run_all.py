@@ -7,7 +7,8 @@ For each category, train.py and then test.py run as separate processes (a failin
 not stop the others): training is skipped when <save_dir>/<category>/final_model.pdparams exists
 and continued with --resume when only last.pdckpt does; the test writes
 <results_dir>/<dataset>/<category>/ (metrics.json, scores.csv, pictures), and a category whose
-metrics.json exists is skipped altogether. After every category the tables are rewritten:
+metrics.json exists is skipped altogether, whatever the overrides (use another --results_dir to
+compare settings). After every category the tables are rewritten:
 <results_dir>/<dataset>_results.md and <results_dir>/<dataset>_results.json.
 
 One category is one call of `run_category(job)`, a function of the job alone: running categories
@@ -134,8 +135,12 @@ def run_category(job: Job, run: Optional[Callable] = None) -> dict:
 def write_results(results_dir: str, dataset: str, outcomes: List[dict], setup: dict) -> str:
     """<results_dir>/<dataset>_results.md and .json from the outcomes so far; returns the .md."""
     results = {str(o["category"]): o["metrics"] for o in outcomes}
+    methods = sorted({m["localization_method"] for m in results.values()
+                      if m and m.get("localization_method")})
+    setup = {**setup, "localization_method": ", ".join(methods) or "none"}
     failed = {str(o["category"]): o["error"] for o in outcomes if o["status"] == "failed"}
-    text = ", ".join(f"{key}: {value}" for key, value in setup.items())
+    text = ", ".join(f"{key}: " + (" ".join(value) or "none" if isinstance(value, list)
+                                    else str(value)) for key, value in setup.items())
     prefix = os.path.join(results_dir, f"{dataset}_results")
     atomic_write_text(prefix + ".md", results_markdown(dataset, results, failed,
                                                        f"Setup: {text}.") + "\n")
@@ -169,8 +174,7 @@ def main(argv=None) -> None:
         raise UserError(f"no categories to run in {base['dataset_root']}")
     jobs = make_jobs(args.config, args.override, categories, args.results_dir, args.dataset_root)
     setup = {"config": args.config, "overrides": args.override,
-             "model": FINAL_MODEL + " (the model after the last epoch)",
-             "localization_method": base["localization_method"]}
+             "model": FINAL_MODEL + " (the model after the last epoch)"}
     outcomes = []
     for number, job in enumerate(jobs, 1):
         print(f"[{number}/{len(jobs)}] {job.category}: "
