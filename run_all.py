@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+import yaml
+
 from utils.config import MVTEC_CATEGORIES, build_config
 from utils.errors import UserError, report_user_errors
 from utils.files import atomic_write_text
@@ -98,11 +100,18 @@ def planned_steps(job: Job) -> List[str]:
     return ["train", "test"]
 
 
+def saved_seed(model_dir: str) -> Optional[int]:
+    """The seed that training recorded in <model_dir>/config.yaml, if any."""
+    path = os.path.join(model_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as stream:
+        return (yaml.safe_load(stream) or {}).get("seed")
+
+
 def script_command(job: Job, step: str) -> List[str]:
-    """The train.py / test.py command line of one step. Resuming takes the settings saved in
-    last.pdckpt (plus the overrides), not the config file again."""
-    args = ([] if step == "resume" else ["--config", job.config_path]) + [
-        "-o", category_override(job.category)]
+    """The train.py / test.py command line of one step."""
+    args = ["--config", job.config_path, "-o", category_override(job.category)]
     if job.dataset_root:
         args += ["--dataset_root", job.dataset_root]
     for override in job.overrides:
@@ -110,8 +119,13 @@ def script_command(job: Job, step: str) -> List[str]:
     if step == "test":
         return [sys.executable, os.path.join(HERE, "test.py"), *args, "--model_path",
                 os.path.join(job.model_dir, FINAL_MODEL), "--save_dir", job.test_dir]
-    return [sys.executable, os.path.join(HERE, "train.py"), *args] + (
-        ["--resume"] if step == "resume" else [])
+    if step == "resume":
+        # train.py --resume applies the config file over the saved state; a `seed: null` there
+        # would replace the seed the run was started with, so pass that seed on.
+        seed = saved_seed(job.model_dir)
+        return [sys.executable, os.path.join(HERE, "train.py"), *args, "--resume"] + (
+            ["-o", f"seed={seed}"] if seed is not None else [])
+    return [sys.executable, os.path.join(HERE, "train.py"), *args]
 
 
 def run_category(job: Job, run: Optional[Callable] = None) -> dict:
