@@ -120,6 +120,8 @@ def _read_yaml(path: str) -> dict:
         where = getattr(error, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
         raise UserError(f"config file {path}{line} is not valid YAML") from None
+    except (ValueError, RecursionError) as error:  # not UTF-8, a bad date or !!int, deep nesting
+        raise UserError(f"config file {path} is not valid YAML ({error})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -134,7 +136,7 @@ def parse_override(text: str) -> tuple:
         raise UserError(f"override '{text}' must look like key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # e.g. a bad date, '!!int abc'
         value = raw
     return name.strip(), value
 
