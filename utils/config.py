@@ -188,7 +188,7 @@ def config_from_args(args, base: Optional[dict] = None) -> dict:
     if args.dataset_root is not None:
         overrides.insert(0, f"dataset_root={args.dataset_root}")
     if args.normal_class is not None:
-        # keep a class name a string even when it looks like a number ('3' for MNIST is an int)
+        # read as YAML like any override: 'bottle' stays a string, '3' (an MNIST digit) an int
         overrides.insert(0, f"normal_class={args.normal_class}")
     return build_config(base, files, overrides)
 
