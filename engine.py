@@ -83,8 +83,8 @@ def make_predictor(model_file: str, params_file: str, use_gpu: bool = False,
         if enable_mkldnn:
             config.enable_mkldnn()
             config.set_mkldnn_cache_capacity(10)
-            # Paddle 3.3's PIR inplace pass lets oneDNN kernels overwrite tensors that other ops
-            # still read: the hand-written backward then returns wrong gradients.
+            # With oneDNN, Paddle 3's in-place buffer reuse overwrites values that later ops
+            # (or the outputs) still read: score_gradients' arithmetic came out wrong.
             config.delete_pass("inplace_pass")
             if precision == "bf16":
                 config.enable_mkldnn_bfloat16()

@@ -121,6 +121,8 @@ def _read_yaml(path: str) -> dict:
         where = getattr(error, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
         raise UserError(f"config file {path}{line} is not valid YAML") from None
+    except (ValueError, RecursionError) as error:  # not UTF-8, a bad date or !!int, deep nesting
+        raise UserError(f"config file {path} is not valid YAML ({error})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -135,7 +137,7 @@ def parse_override(text: str) -> tuple:
         raise UserError(f"override '{text}' must look like key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # e.g. a bad date, '!!int abc'
         value = raw
     return name.strip(), value
 
@@ -195,7 +197,7 @@ def config_from_args(args, base: Optional[dict] = None) -> dict:
     if args.dataset_root is not None:
         overrides.insert(0, f"dataset_root={args.dataset_root}")
     if args.normal_class is not None:
-        # keep a class name a string even when it looks like a number ('3' for MNIST is an int)
+        # read as YAML like any override: 'bottle' stays a string, '3' (an MNIST digit) an int
         overrides.insert(0, f"normal_class={args.normal_class}")
     return build_config(base, files, overrides)
 
