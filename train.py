@@ -18,7 +18,7 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from dataloader import build_dataset, eval_batch_size
+from dataloader import build_dataset, eval_batch_size, input_size
 from engine import make_runner
 from expert_cache import ExpertCache
 from loss_functions import build_loss
@@ -27,7 +27,7 @@ from network import build_cloner
 from test_functions import image_threshold, score_cached
 from utils.checkpoint import (load_state_strict, load_training_state, save_model_info,
                               save_state_dict, save_training_state)
-from utils.config import add_config_args, config_from_args, save_config
+from utils.config import add_config_args, config_from_args, parse_override, save_config
 from utils.device import setup_device
 from utils.errors import UserError, report_user_errors
 from utils.files import atomic_write_text
@@ -57,7 +57,10 @@ def resolve_config(args):
     if not (args.resume or config["continue_train"]):
         return resolve_seed(config), None
     state = load_training_state(os.path.join(model_dir_of(config), LAST_STATE))
-    return config_from_args(args, base=state["config"]), state
+    resumed = config_from_args(args, base=state["config"])
+    if "seed" not in {parse_override(text)[0] for text in args.override}:
+        resumed["seed"] = state["config"]["seed"]  # a config file's `seed: null` must not reseed
+    return resumed, state
 
 
 def _numpy_tree(value):
@@ -88,7 +91,7 @@ class Trainer:
         seed_everything(config["seed"])
 
     def setup(self) -> None:
-        config, size = self.config, self.config["mvtec_img_size"]
+        config, size = self.config, input_size(self.config)
         started = time.time()
         train_set, test_set = build_dataset(config, "train"), build_dataset(config, "test")
         resumed = self.state is not None

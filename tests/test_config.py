@@ -201,9 +201,14 @@ def test_every_config_key_has_a_strategy():
 def valid_values(draw):
     keys = draw(st.lists(st.sampled_from(sorted(VALID)), unique=True))
     values = {key: draw(VALID[key]) for key in keys}
-    if values.get("dataset_name", "mvtec") == "mvtec":
+    dataset = values.get("dataset_name", "mvtec")
+    if dataset == "mvtec":
         if "normal_class" in values or draw(st.booleans()):
             values["normal_class"] = draw(st.sampled_from(MVTEC_CATEGORIES))
+    elif dataset in ("mnist", "fashionmnist", "cifar10"):
+        values["normal_class"] = draw(st.integers(0, 9))
+    elif dataset == "retina":
+        values["normal_class"] = draw(st.sampled_from(["NORMAL", "normal_scans"]))
     return values
 
 
