@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="pictures and predictions.csv go here")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="heatmap display threshold in [0, 1]: the overlay shows map values "
-                             "above it (times the colour scale's top for feature_diff maps)")
+                             "above it (feature_diff maps: above that fraction of the way from "
+                             "the map's minimum to its maximum)")
     parser.add_argument("--score_threshold", type=float, default=None,
                         help="image threshold for the verdict (default: the one stored in the "
                              "checkpoint's .json)")

@@ -1,6 +1,7 @@
 """The picture written for each image: the input, its anomaly map with a colour bar, and the
 overlay, titled with score, threshold and verdict (matplotlib, Agg canvas, no window)."""
 import os
+from typing import Tuple
 
 import cv2
 import numpy as np
@@ -37,31 +38,32 @@ def display_image(path: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def colour_scale_top(anomaly_map: np.ndarray, method: str) -> float:
-    """1 for maps already scaled to [0, 1]; a raw map's own maximum otherwise."""
+def colour_range(anomaly_map: np.ndarray, method: str) -> Tuple[float, float]:
+    """(0, 1) for maps already scaled to [0, 1]; a raw map's own (min, max) otherwise."""
     if method not in RAW_MAP_METHODS:
-        return 1.0
-    return max(float(anomaly_map.max()), float(np.finfo(np.float32).tiny))
+        return 0.0, 1.0
+    low, high = float(anomaly_map.min()), float(anomaly_map.max())
+    return low, max(high, low + float(np.finfo(np.float32).eps))
 
 
 def save_prediction_figure(path: str, image: np.ndarray, anomaly_map: np.ndarray,
                            prediction: Prediction, method: str,
                            display_threshold: float = 0.5) -> None:
     """Input | anomaly map (colour bar, white line at the display cut) | overlay, on anomalous
-    images, of the map where it is above `display_threshold` times the top of the colour scale.
+    images, of the map where it is above `display_threshold` of the way up its colour range.
     The [S, S] map is stretched back to the input's own size and aspect ratio."""
     height, width = image.shape[:2]
     shown = cv2.resize(anomaly_map.astype(np.float32), (width, height),
                        interpolation=cv2.INTER_LINEAR)
-    top = colour_scale_top(anomaly_map, method)
-    cut = display_threshold * top
+    low, high = colour_range(anomaly_map, method)
+    cut = low + display_threshold * (high - low)
     size, boxes = _panel_boxes(height / width)
     figure = Figure(figsize=size, dpi=FIGURE_DPI)
     FigureCanvasAgg(figure)
     axes = [figure.add_axes(box) for box in boxes]
     axes[0].imshow(image)
     axes[0].set_title("input")
-    heat = axes[1].imshow(shown, cmap=COLOURMAP, vmin=0.0, vmax=top)
+    heat = axes[1].imshow(shown, cmap=COLOURMAP, vmin=low, vmax=high)
     axes[1].set_title(f"anomaly map ({method})")
     # the bar hugs the map whatever the image's aspect ratio
     bar_axes = make_axes_locatable(axes[1]).append_axes("right", size="5%", pad=0.06)
@@ -69,7 +71,7 @@ def save_prediction_figure(path: str, image: np.ndarray, anomaly_map: np.ndarray
     bar.ax.axhline(cut, color="white", linewidth=2)
     axes[2].imshow(image)
     if prediction.anomalous:
-        axes[2].imshow(np.ma.masked_less_equal(shown, cut), cmap=COLOURMAP, vmin=0.0, vmax=top,
+        axes[2].imshow(np.ma.masked_less_equal(shown, cut), cmap=COLOURMAP, vmin=low, vmax=high,
                        alpha=OVERLAY_ALPHA)
         axes[2].set_title(f"overlay: map > {cut:.3g}")
     else:  # the map always has a hottest region; marking it on a normal image misleads
