@@ -59,7 +59,7 @@ def export_info(config: dict, method: str, model_path: str, model_file: str) -> 
         "threshold_rule": stored.get("threshold_rule"),
         "lamda": config["lamda"],
         "direction_loss_only": config["direction_loss_only"],
-        "source_model": os.path.abspath(model_path),
+        "source_model": model_path,
         "paddle_version": paddle.__version__,
     }
 
