@@ -117,7 +117,8 @@ def create_predictor(args: argparse.Namespace, model_file: str, params_file: str
                         f"({type(error).__name__}: {message[0] if message else ''})") from None
 
 
-def split_outputs(outputs: List[np.ndarray], size: int, source: str):
+def split_outputs(outputs: List[np.ndarray], size: int,
+                  source: str) -> Tuple[np.ndarray, np.ndarray]:
     """(scores [N], maps [N, S, S]) from the predictor's outputs, told apart by their shapes."""
     scores = [o for o in outputs if o.ndim == 1]
     maps = [o for o in outputs if o.ndim == 3]

@@ -20,7 +20,7 @@ from test_functions import MapGenerator
 from utils.checkpoint import info_path, load_model_info
 from utils.config import LOCALIZATION_METHODS, add_config_args
 from utils.device import setup_device
-from utils.errors import UserError, report_user_errors
+from utils.errors import report_user_errors
 from utils.image_files import chunks, list_images, picture_names
 from utils.predictions import Prediction, choose_threshold, write_predictions_csv
 from utils.visualize import display_image, save_prediction_figure

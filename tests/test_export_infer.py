@@ -16,7 +16,6 @@ from scipy.ndimage import uniform_filter
 import export_model
 import infer
 import test as test_script
-from conftest import ROOT
 from utils.device import gpu_available
 
 # oneDNN (infer.py, test.py's default engine on CPU) against eager Paddle: a max-pool window
