@@ -20,6 +20,7 @@ from utils.checkpoint import load_model_info
 from utils.config import add_config_args
 from utils.errors import UserError, report_user_errors
 from utils.export_info import write_export_info
+from utils.image_files import check_folder_preprocessing
 from utils.visualize import RAW_MAP_METHODS
 
 MODEL_PREFIX = "model"
@@ -67,6 +68,7 @@ def export_info(config: dict, method: str, model_path: str, model_file: str) -> 
 def export(args: argparse.Namespace, log=print) -> str:
     """Writes the static model and inference.yml; returns the model file."""
     config, model_path = resolve_model(args)
+    check_folder_preprocessing(config, model_path)
     method = args.localization_method or config["localization_method"]
     if method not in EXPORTABLE_METHODS:
         raise UserError(f"localization_method {method!r} cannot be exported as one model (it "

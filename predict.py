@@ -21,7 +21,8 @@ from utils.checkpoint import info_path, load_model_info
 from utils.config import LOCALIZATION_METHODS, add_config_args
 from utils.device import setup_device
 from utils.errors import report_user_errors
-from utils.image_files import chunks, list_images, picture_names
+from utils.image_files import (check_folder_preprocessing, chunks, list_images,
+                               picture_names)
 from utils.predictions import Prediction, choose_threshold, write_predictions_csv
 from utils.visualize import display_image, save_prediction_figure
 
@@ -56,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def predict(args: argparse.Namespace, log=print) -> list:
     """Predictions for every image of --image_path; writes the pictures and predictions.csv."""
     config, model_path = resolve_model(args)
+    check_folder_preprocessing(config, model_path)
     if args.localization_method:
         config["localization_method"] = args.localization_method
     threshold = choose_threshold(load_model_info(model_path).get("image_threshold"),

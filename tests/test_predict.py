@@ -121,3 +121,13 @@ def test_a_model_without_threshold_needs_score_threshold(trained_model, tmp_path
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert str(model_dir / "final_model.json") in err and "--score_threshold" in err
+
+
+def test_a_model_of_another_preprocessing_is_refused(trained_model, tmp_path, capsys):
+    """A CIFAR-10 model expects a 224 px crop with ImageNet normalisation, not load_image's."""
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--image_path", str(tmp_path), "--model_path", trained_model["model_path"],
+                      "-o", "dataset_name=cifar10", "-o", "normal_class=0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cifar10" in err

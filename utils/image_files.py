@@ -1,11 +1,24 @@
-"""Finding the images to run on (one file, or every image file under a folder) and naming the
-pictures written for them."""
+"""Finding the images to run on (one file, or every image file under a folder), naming the
+pictures written for them, and checking that a model reads images the way they are read here."""
 import os
 from collections import Counter
 from typing import Iterator, List, Optional, Sequence
 
 from dataset import IMG_EXTENSIONS
 from utils.errors import UserError
+
+# The datasets whose preprocessing is dataset.load_image (RGB, resize to mvtec_img_size, [0, 1]).
+FOLDER_DATASETS = ("mvtec", "folder", "retina")
+
+
+def check_folder_preprocessing(config: dict, model_path: str) -> None:
+    """A model trained on MNIST, Fashion-MNIST or CIFAR-10 expects that dataset's own input
+    (size, crop, normalisation): refuse it rather than feed it wrongly prepared images."""
+    if config["dataset_name"] not in FOLDER_DATASETS:
+        raise UserError(f"{model_path} was trained on dataset_name {config['dataset_name']}; "
+                        "prediction and export read images as the folder datasets do ("
+                        + ", ".join(FOLDER_DATASETS) + "): RGB, resized to mvtec_img_size, "
+                        "in [0, 1]")
 
 
 def is_image_file(name: str) -> bool:
