@@ -45,11 +45,12 @@ class ExpertCache:
             labels.append(batch_labels.numpy())
             offset += len(batch_images)
         self.labels = np.concatenate(labels)
-        if storage != "disk":
+        if storage == "disk" or (storage == "float16" and paddle.get_device() == "cpu"):
+            # NumPy indexing per batch (Paddle's CPU gather has no float16 kernel)
+            self.images, self.stages = images, stages
+        else:
             self.images = paddle.to_tensor(images)
             self.stages = [paddle.to_tensor(stage) for stage in stages] if stages else None
-        else:
-            self.images, self.stages = images, stages
 
     def _allocate(self, name: str, shape: tuple, dtype, folder: str):
         if self.storage != "disk":
@@ -74,7 +75,8 @@ class ExpertCache:
             return images, _float32(stages)
         order = np.asarray(indices)
         images = paddle.to_tensor(self.images[order])
-        return images, [paddle.to_tensor(stage[order]) for stage in self.stages]
+        return images, [paddle.to_tensor(np.asarray(stage[order], dtype=np.float32))
+                        for stage in self.stages]
 
     def batches(self, batch_size: int = None):
         """(images, stages) in dataset order."""

@@ -97,7 +97,7 @@ def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: boo
     if localize:
         generator = MapGenerator(expert, cloner, config, device, [3, size, size],
                                  loader.batch_size)
-        result = evaluate(loader, map_generator=generator, progress=progress)
+        result = evaluate(loader, map_generator=generator, progress=progress, keep_maps=save_maps)
     else:
         if config["localization_test"]:
             log("note: no ground-truth masks for this dataset; localization is skipped")

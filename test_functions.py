@@ -133,9 +133,9 @@ def detection_test(scorer: Callable, loader) -> Evaluation:
 
 
 def evaluate(loader, scorer: Callable = None, map_generator: MapGenerator = None,
-             progress: Callable = None) -> Evaluation:
-    """One streaming pass: scores (and maps) batch by batch. Maps are kept for all images (the
-    paper's AUC is accumulated over the defective ones), masks likewise."""
+             progress: Callable = None, keep_maps: bool = True) -> Evaluation:
+    """One streaming pass: scores (and maps) batch by batch; the paper's AUC is accumulated over
+    the defective images. `keep_maps=False` keeps no map or mask (memory stays flat)."""
     labels, scores, indices, maps, masks = [], [], [], [], []
     loc_auc = PaperLocalizationAUC()
     for images, batch_labels, batch_masks, batch_indices in (progress or iter)(loader):
@@ -145,8 +145,9 @@ def evaluate(loader, scorer: Callable = None, map_generator: MapGenerator = None
             batch_scores = scorer(images)
         else:
             batch_scores, batch_maps = map_generator(images)
-            maps.append(batch_maps)
-            masks.append(batch_masks)
+            if keep_maps:
+                maps.append(batch_maps)
+                masks.append(batch_masks)
             defective = batch_labels == 1
             if defective.any():
                 loc_auc.update(batch_maps[defective], batch_masks[defective])
