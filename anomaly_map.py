@@ -8,6 +8,7 @@ scaling before the blur. Written with Paddle ops so that the exported model outp
 import math
 from typing import List
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -91,6 +92,26 @@ def gradient_map(grad: paddle.Tensor, min_max: bool = False) -> paddle.Tensor:
     return gaussian_blur(maps)
 
 
+def _interpolation_matrix(out_size: int, in_size: int) -> np.ndarray:
+    """[out, in]: 1-D linear interpolation with half-pixel centres (align_corners=False)."""
+    source = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    weight = source - low
+    matrix = np.zeros((out_size, in_size))
+    np.add.at(matrix, (np.arange(out_size), low), 1.0 - weight)
+    np.add.at(matrix, (np.arange(out_size), high), weight)
+    return matrix.astype(np.float32)
+
+
+def bilinear_resize(maps: paddle.Tensor, size) -> paddle.Tensor:
+    """[N, h, w] -> [N, H, W] like F.interpolate(mode='bilinear', align_corners=False), written as
+    two matmuls: Paddle Inference's oneDNN bilinear_interp fails on its attributes."""
+    rows = paddle.to_tensor(_interpolation_matrix(int(size[0]), maps.shape[1]))
+    columns = paddle.to_tensor(_interpolation_matrix(int(size[1]), maps.shape[2]).T)
+    return paddle.matmul(paddle.matmul(rows, maps), columns)
+
+
 def feature_discrepancy_map(cloner_stages, expert_stages, lamda: float, image_size,
                             direction_only: bool = False) -> paddle.Tensor:
     """[N, H, W]: per-location (1 - cos over channels) + lamda * mean squared error over channels
@@ -101,8 +122,7 @@ def feature_discrepancy_map(cloner_stages, expert_stages, lamda: float, image_si
         local = 1 - F.cosine_similarity(c, e, axis=1)
         if not direction_only:
             local = local + lamda * ((c - e) ** 2).mean(axis=1)
-        local = F.interpolate(local.unsqueeze(1), size=image_size, mode="bilinear",
-                              align_corners=False).squeeze(1)
+        local = bilinear_resize(local, image_size)
         total = local if total is None else total + local
     return gaussian_blur(total)
 
