@@ -119,6 +119,9 @@ class Trainer:
 
         self.criterion = build_loss(config)
         if self.world > 1 and config["sync_bn"]:
+            if self.device != "gpu":
+                raise UserError("sync_bn: true needs GPUs (Paddle's SyncBatchNorm has no CPU "
+                                "kernel); on CPU each process normalises its own part of the batch")
             self.cloner = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.cloner)
         self.step = build_training_step(self.cloner, self.criterion, config, self.device,
                                         self.world)
