@@ -29,7 +29,7 @@ from train_step import build_training_step
 from utils.checkpoint import (load_state_strict, load_training_state, save_model_info,
                               save_state_dict, save_training_state)
 from utils.config import add_config_args, config_from_args, save_config
-from utils.device import setup_device
+from utils.device import setup_device, use_training_threads
 from utils.distributed import broadcast_seed, broadcast_weights, mean_over_ranks
 from utils.errors import UserError, report_user_errors
 from utils.files import atomic_write_text
@@ -123,8 +123,7 @@ class Trainer:
                 raise UserError("sync_bn: true needs GPUs (Paddle's SyncBatchNorm has no CPU "
                                 "kernel); on CPU each process normalises its own part of the batch")
             self.cloner = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.cloner)
-        self.step = build_training_step(self.cloner, self.criterion, config, self.device,
-                                        self.world)
+        self.step = build_training_step(self.cloner, self.criterion, config, self.world)
         self.optimizer = paddle.optimizer.Adam(learning_rate=config["learning_rate"],
                                                parameters=self.cloner.parameters())
         self.scaler = paddle.amp.GradScaler() if config["amp"] else None
@@ -147,6 +146,7 @@ class Trainer:
         """One pass over the training set; returns the sum of the batch losses (as the
         reference code prints). The loss stays on the device: one host sync per epoch."""
         self.step.train()
+        use_training_threads(self.config, self.device)
         self.sampler.set_epoch(epoch_order_seed(self.config["seed"], epoch))
         loss_sum = paddle.zeros([], dtype="float32")
         for indices in self.sampler:
