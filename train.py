@@ -6,6 +6,7 @@ Writes <save_dir>/<class>/: final_model.pdparams (the honest default), best_mode
 test-set detection ROC-AUC, an optimistic selection), their .json (threshold, epoch), last.pdckpt
 (resumable), config.yaml, history.json; and the log <log_dir>/<class>_train.log.
 Several GPUs: python -m paddle.distributed.launch --gpus 0,1 train.py ...
+Several CPU processes: python -m paddle.distributed.launch --nproc_per_node 2 train.py ...
 """
 import argparse
 import json
@@ -149,8 +150,7 @@ class Trainer:
         use_training_threads(self.config, self.device)
         self.sampler.set_epoch(epoch_order_seed(self.config["seed"], epoch))
         loss_sum = paddle.zeros([], dtype="float32")
-        for indices in self.sampler:
-            images, expert_stages = self.train_cache.batch(indices)
+        for images, expert_stages in self.train_cache.epoch(self.sampler):
             loss = self.step(images, expert_stages)
             if self.scaler is None:
                 loss.backward()
