@@ -54,7 +54,7 @@ from test_functions import MapGenerator, evaluate, make_scorer
 from train import Trainer
 from utils.config import build_config
 from utils.demo_data import make_demo_category
-from utils.device import cpu_thread_count
+from utils.device import cpu_thread_count, setup_device
 from vgg import Expert, StagedFeatures
 
 # Measured elsewhere on a 2-core machine: 40 train / 30 test / 20 defective images, 128 px,
@@ -88,9 +88,20 @@ class _MatMul(paddle.nn.Layer):
         return paddle.matmul(x, self.weight)
 
 
-def matmul_peak(threads: int, size: int = 4096, repeats: int = 5) -> Dict[str, float]:
+def matmul_peak(threads: int, device: str, size: int = 4096,
+                repeats: int = 5) -> Dict[str, float]:
     """FLOP/s of the fastest of `repeats` float32 [size, size] matmuls, in NumPy (OpenBLAS) and
-    in Paddle Inference (oneDNN, what the evaluation uses); the larger is this machine's peak."""
+    in Paddle Inference (oneDNN, what the evaluation uses); the larger is this machine's peak.
+    On a GPU: Paddle's matmul (cuBLAS)."""
+    if device == "gpu":
+        x = paddle.rand([size, size])
+
+        def product():
+            paddle.matmul(x, x)
+            paddle.device.synchronize()
+
+        product()
+        return {"cublas": 2.0 * size ** 3 / min(_timed(product) for _ in range(repeats))}
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
     runner = PredictorRunner(_MatMul(size), [size], use_gpu=False, cpu_threads=threads)
     result = {}
@@ -257,6 +268,7 @@ def memory_runs(args, work: str, model_path: str, config: dict) -> Dict[str, flo
     """Peak RSS of train.py (one epoch) and of test.py on the generated memory categories."""
     here = os.path.dirname(os.path.abspath(__file__))
     settings = ["-o", f"mvtec_img_size={args.img_size}", "-o", f"batch_size={args.batch_size}",
+                "-o", f"device={args.device}",
                 "-o", "pretrain=false", "-o", "seed=0", "-o", f"log_dir={work}/logs"]
     result = {"train": peak_rss_mb(
         ["train.py", "--config", "configs/demo.yaml", "--dataset_root",
@@ -291,10 +303,10 @@ def main(argv=None) -> None:
     parser.add_argument("--ig_steps", type=int, default=8)
     parser.add_argument("--memory_images", type=int, nargs="*", default=[50, 500],
                         help="test-set sizes for test.py's peak memory (none: skip)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     parser.add_argument("--output", default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
     load_before = load_average()
-    paddle.set_device("cpu")
 
     with tempfile.TemporaryDirectory(prefix="kdad-benchmark-") as work:
         root = os.path.join(work, "data")
@@ -305,11 +317,13 @@ def main(argv=None) -> None:
             mvtec_img_size=args.img_size, batch_size=args.batch_size, pretrain=False, seed=0,
             num_epochs=0, eval_interval=1, save_dir=os.path.join(work, "output"),
             log_dir=os.path.join(work, "logs"), smooth_grad_samples=args.smooth_grad_samples,
-            ig_steps=args.ig_steps), base_origin="the benchmark")
+            ig_steps=args.ig_steps, device=args.device), base_origin="the benchmark")
+        device = setup_device(config)
+        gpu = device == "gpu"
         shape = [3, args.img_size, args.img_size]
         rows = {}
 
-        peaks = matmul_peak(cpu_thread_count(config))
+        peaks = matmul_peak(cpu_thread_count(config), device)
         peak = max(peaks.values())
         started = time.perf_counter()
         trainer = Trainer(config)
@@ -348,13 +362,13 @@ def main(argv=None) -> None:
         batch = images[:args.batch_size]
 
         started = time.perf_counter()
-        scorer = make_scorer(expert, cloner, config, "cpu", shape)
+        scorer = make_scorer(expert, cloner, config, device, shape)
         generators = {method: MapGenerator(expert, cloner, {**config, "localization_method":
-                                                            method}, "cpu", shape,
+                                                            method}, device, shape,
                                            args.batch_size) for method in METHODS}
         rows["setup_predictors"] = time.perf_counter() - started
         raw_gradient = PredictorRunner(InputGradient(expert, cloner, config["lamda"]), shape,
-                                       use_gpu=False, cpu_threads=cpu_thread_count(config))
+                                       use_gpu=gpu, cpu_threads=cpu_thread_count(config))
         naive_expert = Expert()
         naive_expert.set_state_dict(expert.state_dict())
         for parameter in naive_expert.parameters():
@@ -410,7 +424,7 @@ def main(argv=None) -> None:
             model_file = export_layer(AnomalyMapModel(expert, cloner, config["lamda"]),
                                       os.path.join(folder, "model"), shape)
             predictor = make_predictor(model_file, os.path.join(folder, "model.pdiparams"),
-                                       cpu_threads=cpu_thread_count(config))
+                                       use_gpu=gpu, cpu_threads=cpu_thread_count(config))
             run_predictor(predictor, images[:1])
             times["predictor"] = statistics.median(
                 _timed(lambda: [run_predictor(predictor, image[None]) for image in images])
@@ -424,7 +438,7 @@ def main(argv=None) -> None:
     flops = {"cloner": conv_flops(cloner, args.img_size), "expert": conv_flops(expert,
                                                                                  args.img_size)}
     report = dict(args=args, rows=rows, times=times, peak=peak, peaks=peaks, flops=flops,
-                  memory=memory, memory_steps=memory_steps,
+                  memory=memory, memory_steps=memory_steps, device=device,
                   n_test=n_test, n_defect=n_defect, vectorised=vectorised, reference=reference,
                   load=(load_before, load_average()), steps_per_epoch=steps_per_epoch)
     text = format_report(report)
@@ -452,7 +466,7 @@ def format_report(r: dict) -> str:
     lines = [
         f"Generated data: {args.num_train} training, {r['n_test']} test ({r['n_defect']} "
         f"defective) images, {args.img_size} px, batch {args.batch_size}, random expert; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"device {r['device']}, {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"Paddle {paddle.__version__}; load average {r['load'][0]} (start), {r['load'][1]} (end). "
         f"Medians of {args.repeats} interleaved repeats.",
         "",
@@ -531,9 +545,12 @@ def format_report(r: dict) -> str:
                  t["gradients"])]
     lines += [f"| FLOPs: {name} | {flop / 1e9:.1f} GFLOP, {flop / seconds / 1e9:.1f} GFLOP/s = "
               f"{flop / seconds / peak:.0%} of peak |" for name, flop, seconds in achieved]
-    lines.append(f"| peak: float32 matmul 4096x4096, the faster of NumPy "
-                 f"({r['peaks']['numpy'] / 1e9:.0f}) and Paddle Inference/oneDNN "
-                 f"({r['peaks']['onednn'] / 1e9:.0f}) | {peak / 1e9:.0f} GFLOP/s |")
+    if "cublas" in r["peaks"]:
+        lines.append(f"| peak: float32 matmul 4096x4096 (cuBLAS) | {peak / 1e9:.0f} GFLOP/s |")
+    else:
+        lines.append(f"| peak: float32 matmul 4096x4096, the faster of NumPy "
+                     f"({r['peaks']['numpy'] / 1e9:.0f}) and Paddle Inference/oneDNN "
+                     f"({r['peaks']['onednn'] / 1e9:.0f}) | {peak / 1e9:.0f} GFLOP/s |")
     if r["memory"]:
         tests = sorted((key for key in r["memory"] if key[4:].isdigit()),
                        key=lambda key: int(key[4:]))
