@@ -16,12 +16,14 @@ import pytest
 from conftest import ROOT, make_config
 from train import FINAL_MODEL, Trainer
 from utils.checkpoint import read_state_dict
+from utils.config import load_saved_config
 from utils.demo_data import make_demo_category
 from utils.seed import epoch_order_seed
 
 SIZE, BATCH, EPOCHS = 32, 8, 2  # 16 training images: 2 steps of 8 per epoch, epochs 0..1 = 4 steps
+# seed null: each process draws its own, and rank 0's must win (it is saved in config.yaml)
 SETTINGS = dict(mvtec_img_size=SIZE, batch_size=BATCH, num_epochs=EPOCHS - 1, eval_interval=1,
-                seed=7, cpu_threads=1)
+                seed=None, cpu_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +39,14 @@ def two_process_run(tmp_path_factory):
                "--log_dir", str(work / "launch"), "train.py", "--config", "configs/demo.yaml",
                "--dataset_root", root, "--normal_class", "demo"]
     for key in ("save_dir", "log_dir", *SETTINGS):
-        command += ["-o", f"{key}={config[key]}"]
+        command += ["-o", f"{key}={'null' if config[key] is None else config[key]}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     logs = "".join(open(os.path.join(work / "launch", name)).read()
                    for name in sorted(os.listdir(work / "launch")) if name.startswith("workerlog"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + logs[-3000:]
-    return {"config": config, "work": work, "model_dir": os.path.join(config["save_dir"], "demo")}
+    model_dir = os.path.join(config["save_dir"], "demo")
+    seed = load_saved_config(os.path.join(model_dir, "config.yaml"))["seed"]
+    return {"config": {**config, "seed": seed}, "work": work, "model_dir": model_dir}
 
 
 def half_batch_reference(config: dict) -> dict:
