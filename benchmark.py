@@ -127,11 +127,13 @@ def interleaved(variants: Dict[str, Callable], repeats: int) -> Dict[str, float]
 
 
 def by_batches(fn: Callable, images: np.ndarray, batch_size: int) -> None:
+    """Call fn on consecutive batches of images, as a test loader would feed them."""
     for start in range(0, len(images), batch_size):
         fn(images[start:start + batch_size])
 
 
 def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, e.g. '1.04 / 1.59 / 1.86'."""
     return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
@@ -289,6 +291,7 @@ def memory_runs(args, work: str, model_path: str, config: dict) -> Dict[str, flo
 
 
 def main(argv=None) -> None:
+    """Parse the options, measure everything, print (and write) the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--img_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=8)
