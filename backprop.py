@@ -30,7 +30,7 @@ def forward_with_tape(net: StagedFeatures, x: paddle.Tensor):
             tape.append((indices, size))
         else:
             x = layer(x)
-            tape.append(x if isinstance(layer, nn.ReLU) else None)
+            tape.append(x > 0 if isinstance(layer, nn.ReLU) else None)
         if i in net.stage_ends:
             stages.append(x)
     return stages, tape
@@ -56,7 +56,7 @@ def backward_from_stages(net: StagedFeatures, tape: list, stage_grads: List,
         elif isinstance(layer, nn.ReLU):
             if guided:
                 grad = F.relu(grad)
-            grad = grad * paddle.sign(tape[i])  # the ReLU output is >= 0: sign is its 0/1 mask
+            grad = grad * tape[i].astype(grad.dtype)
         elif isinstance(layer, nn.BatchNorm2D):
             scale = layer.weight / paddle.sqrt(layer._variance + layer._epsilon)
             grad = grad * scale.reshape([1, -1, 1, 1])

@@ -45,11 +45,12 @@ class ExpertCache:
             labels.append(batch_labels.numpy())
             offset += len(batch_images)
         self.labels = np.concatenate(labels)
-        if storage != "disk":
+        if storage == "disk" or (storage == "float16" and paddle.get_device() == "cpu"):
+            # NumPy indexing per batch (Paddle's CPU gather has no float16 kernel)
+            self.images, self.stages = images, stages
+        else:
             self.images = paddle.to_tensor(images)
             self.stages = [paddle.to_tensor(stage) for stage in stages] if stages else None
-        else:
-            self.images, self.stages = images, stages
 
     def _allocate(self, name: str, shape: tuple, dtype, folder: str):
         if self.storage != "disk":
@@ -65,16 +66,31 @@ class ExpertCache:
     def batch(self, indices) -> Tuple[paddle.Tensor, List[paddle.Tensor]]:
         """Images [B, 3, H, W] and the expert's stage outputs for these dataset indices."""
         if isinstance(self.images, paddle.Tensor):
-            index = paddle.to_tensor(np.asarray(indices, dtype=np.int64))
+            index = indices if isinstance(indices, paddle.Tensor) else paddle.to_tensor(
+                np.asarray(indices, dtype=np.int64))
             images = paddle.gather(self.images, index)
             if self.stages is None:  # the reference variant: run the expert again
                 stages = [paddle.to_tensor(o) for o in self.expert_runner(images.numpy())]
             else:
                 stages = [paddle.gather(stage, index) for stage in self.stages]
             return images, _float32(stages)
-        order = np.asarray(indices)
+        order = indices.numpy() if isinstance(indices, paddle.Tensor) else np.asarray(indices)
         images = paddle.to_tensor(self.images[order])
-        return images, [paddle.to_tensor(stage[order]) for stage in self.stages]
+        return images, [paddle.to_tensor(np.asarray(stage[order], dtype=np.float32))
+                        for stage in self.stages]
+
+    def epoch(self, index_batches):
+        """(images, stages) for each list of indices (e.g. a batch sampler's epoch); all the
+        indices are copied to the device at once, so the steps do no host-to-device copy."""
+        index_batches = list(index_batches)
+        if not isinstance(self.images, paddle.Tensor) or not index_batches:
+            yield from (self.batch(indices) for indices in index_batches)
+            return
+        flat = paddle.to_tensor(np.concatenate(index_batches).astype(np.int64))
+        start = 0
+        for indices in index_batches:
+            yield self.batch(flat[start:start + len(indices)])
+            start += len(indices)
 
     def batches(self, batch_size: int = None):
         """(images, stages) in dataset order."""

@@ -6,6 +6,7 @@ Writes <save_dir>/<class>/: final_model.pdparams (the honest default), best_mode
 test-set detection ROC-AUC, an optimistic selection), their .json (threshold, epoch), last.pdckpt
 (resumable), config.yaml, history.json; and the log <log_dir>/<class>_train.log.
 Several GPUs: python -m paddle.distributed.launch --gpus 0,1 train.py ...
+Several CPU processes: python -m paddle.distributed.launch --nproc_per_node 2 train.py ...
 """
 import argparse
 import json
@@ -25,10 +26,12 @@ from loss_functions import build_loss
 from metrics import image_auroc
 from network import build_cloner
 from test_functions import image_threshold, score_cached
+from train_step import build_training_step
 from utils.checkpoint import (load_state_strict, load_training_state, save_model_info,
                               save_state_dict, save_training_state)
 from utils.config import add_config_args, config_from_args, parse_override, save_config
-from utils.device import setup_device
+from utils.device import setup_device, use_training_threads
+from utils.distributed import broadcast_seed, broadcast_weights, mean_over_ranks
 from utils.errors import UserError, report_user_errors
 from utils.files import atomic_write_text
 from utils.logger import get_logger
@@ -83,6 +86,7 @@ class Trainer:
             if config["batch_size"] % self.world:
                 raise UserError(f"batch_size {config['batch_size']} must be divisible by the "
                                 f"{self.world} processes (the global batch is kept)")
+            self.config = config = {**config, "seed": broadcast_seed(config["seed"])}
         self.model_dir = model_dir_of(config)
         log_file = os.path.join(config["log_dir"], f"{config['normal_class']}_train.log")
         self.log = get_logger("train", log_file if self.main else None)
@@ -96,6 +100,8 @@ class Trainer:
         train_set, test_set = build_dataset(config, "train"), build_dataset(config, "test")
         resumed = self.state is not None
         self.expert = build_expert(config, self.model_dir if resumed else None)
+        if self.world > 1:  # every rank must build the same expert outputs
+            broadcast_weights(self.expert)
         self.cloner = build_cloner(config)
         if resumed:
             load_state_strict(self.cloner, self.state["cloner"], LAST_STATE)
@@ -116,11 +122,12 @@ class Trainer:
                       f"{time.time() - started:.1f} s")
 
         self.criterion = build_loss(config)
-        self.model = self.cloner
-        if self.world > 1:
-            if config["sync_bn"]:
-                self.model = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            self.model = paddle.DataParallel(self.model)
+        if self.world > 1 and config["sync_bn"]:
+            if self.device != "gpu":
+                raise UserError("sync_bn: true needs GPUs (Paddle's SyncBatchNorm has no CPU "
+                                "kernel); on CPU each process normalises its own part of the batch")
+            self.cloner = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.cloner)
+        self.step = build_training_step(self.cloner, self.criterion, config, self.world)
         self.optimizer = paddle.optimizer.Adam(learning_rate=config["learning_rate"],
                                                parameters=self.cloner.parameters())
         self.scaler = paddle.amp.GradScaler() if config["amp"] else None
@@ -142,25 +149,23 @@ class Trainer:
     def run_epoch(self, epoch: int) -> float:
         """One pass over the training set; returns the sum of the batch losses (as the
         reference code prints). The loss stays on the device: one host sync per epoch."""
-        self.model.train()
+        self.step.train()
+        use_training_threads(self.config, self.device)
         self.sampler.set_epoch(epoch_order_seed(self.config["seed"], epoch))
         loss_sum = paddle.zeros([], dtype="float32")
-        for indices in self.sampler:
-            images, expert_stages = self.train_cache.batch(indices)
+        for images, expert_stages in self.train_cache.epoch(self.sampler):
+            loss = self.step(images, expert_stages)
             if self.scaler is None:
-                loss = self.criterion(self.model(images), expert_stages)
                 loss.backward()
                 self.optimizer.step()
             else:
-                with paddle.amp.auto_cast():
-                    cloner_stages = self.model(images)
-                loss = self.criterion([c.astype("float32") for c in cloner_stages],
-                                      expert_stages)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
             self.optimizer.clear_grad()
             loss_sum = loss_sum + loss.detach()
+        if self.world > 1:  # each rank's loss is that of its part of the global batch
+            loss_sum = mean_over_ranks(loss_sum)
         return float(loss_sum)
 
     def evaluate(self, epoch: int) -> None:

@@ -184,6 +184,7 @@ VALID = {
     "ig_steps": POSITIVE,
     "device": st.sampled_from(("auto", "cpu", "gpu")),
     "cpu_threads": NON_NEGATIVE,
+    "train_cpu_threads": NON_NEGATIVE,
     "engine": st.sampled_from(("auto", "eager", "inference")),
     "expert_cache": st.sampled_from(("memory", "float16", "disk", "none")),
     "eval_batch_size": st.one_of(st.none(), POSITIVE),

@@ -5,7 +5,7 @@ import numpy as np
 import paddle
 import pytest
 
-from anomaly_map import AnomalyMapModel, ScoreModel
+from anomaly_map import AnomalyMapModel, ScoreModel, upsample_bilinear
 from backprop import InputGradient
 from engine import EagerRunner, PredictorRunner, export_layer, make_runner
 from loss_functions import MseDirectionLoss
@@ -125,3 +125,19 @@ def test_exporting_leaves_the_layer_eager_and_trainable(tmp_path):
     assert sorted(gradients[0]) == sorted(gradients[1])
     for name, grad in gradients[0].items():
         np.testing.assert_allclose(grad, gradients[1][name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_predictor_and_eager_agree_on_feature_diff_maps(networks):
+    """Bilinear upsampling runs under oneDNN too (as gathers) and equals F.interpolate."""
+    expert, cloner, images = networks
+    model = AnomalyMapModel(expert, cloner, 0.5, "feature_diff")
+    eager_scores, eager_maps = EagerRunner(model)(images)
+    scores, maps = PredictorRunner(model, SHAPE, use_gpu=False, cpu_threads=2)(images)
+    assert maps.shape == (3, 32, 32)
+    assert_close(scores, eager_scores)
+    assert_close(maps, eager_maps)
+    local = paddle.rand([2, 4, 6])
+    expected = paddle.nn.functional.interpolate(local.unsqueeze(1), size=[32, 48],
+                                                mode="bilinear", align_corners=False).squeeze(1)
+    np.testing.assert_allclose(upsample_bilinear(local, [32, 48]).numpy(), expected.numpy(),
+                               rtol=1e-5, atol=1e-6)

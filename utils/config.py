@@ -74,6 +74,7 @@ SCHEMA = {
     # speed
     "device": _one_of(("auto", "cpu", "gpu")),
     "cpu_threads": _int(0, 0, "0 (all cores) or a positive integer"),
+    "train_cpu_threads": _int(1, 0, "0 (all cores) or a positive integer"),
     "engine": _one_of(("auto", "eager", "inference")),
     "expert_cache": _one_of(("memory", "float16", "disk", "none")),
     "eval_batch_size": Key((int, type(None)), None, lambda v: v is None or v >= 1,

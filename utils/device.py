@@ -27,3 +27,12 @@ def setup_device(config: dict) -> str:
     if device == "cpu":
         paddle.base.core.set_num_threads(cpu_thread_count(config))
     return device
+
+
+def use_training_threads(config: dict, device: str) -> None:
+    """Threads of the eager training step on CPU (`train_cpu_threads`, default 1): eager Paddle's
+    CPU backward ran 2-2.5x slower with two math-library threads than with one on the 2-core
+    machines measured (benchmark.py shows both). Paddle Inference keeps its own `cpu_threads`."""
+    if device == "cpu":
+        paddle.base.core.set_num_threads(config["train_cpu_threads"]
+                                         or len(os.sched_getaffinity(0)))
