@@ -48,7 +48,7 @@ from dataloader import build_loader, build_test_loader
 from dataset import MVTecDataset
 from engine import (PredictorRunner, export_layer, make_predictor,
                     native_output_silenced, run_predictor)
-from metrics import PAPER_THRESHOLDS, PaperLocalizationAUC
+from metrics import PAPER_THRESHOLDS, loc_auc_paper
 from network import build_cloner
 from test_functions import MapGenerator, evaluate, make_scorer
 from train import Trainer
@@ -416,9 +416,9 @@ def main(argv=None) -> None:
             generators[method](images[:1])
             times[method] = _timed(lambda: generators[method](few)) * len(images) / len(few)
         maps = evaluation["result"].maps
-        times["auc"] = statistics.median(_timed(lambda: PaperLocalizationAUC().update(maps, masks))
+        times["auc"] = statistics.median(_timed(lambda: loc_auc_paper(maps, masks))
                                          for _ in range(args.repeats))
-        vectorised = evaluation["result"].loc_auc.compute()
+        vectorised = evaluation["result"].loc_auc_paper()
         started = time.perf_counter()
         reference = reference_loc_auc(maps, masks)
         times["auc_reference"] = time.perf_counter() - started
