@@ -11,6 +11,7 @@ import csv
 import json
 import os
 
+import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import numpy as np
 from tqdm import tqdm
 

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import numpy as np
 import paddle
 from tqdm import tqdm

@@ -144,14 +144,22 @@ def parse_override(text: str) -> tuple:
 def build_config(base: Optional[dict] = None, files=(), overrides=(),
                  base_origin: str = "the saved config") -> dict:
     """Defaults, then `base` (e.g. a checkpoint's saved config), files, then overrides."""
-    config = default_config()
+    config, origins = default_config(), {}
     layers = [(base or {}, base_origin)]
     layers += [(_read_yaml(path), path) for path in files]
     layers += [(dict([parse_override(text)]), f"override '{text}'") for text in overrides]
     for values, origin in layers:
         for name, value in values.items():
             config[name] = _coerce(name, value, origin)
-    check_consistency(config)
+            origins[name] = origin
+    try:
+        check_consistency(config)
+    except UserError as error:  # say where the keys it names were set
+        sources = list(dict.fromkeys(origin for name, origin in origins.items()
+                                     if name in str(error)))
+        if not sources:
+            raise
+        raise UserError(f"{error} (set in {' and '.join(sources)})") from None
     return config
 
 
