@@ -19,6 +19,7 @@ MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", 
                     "zipper")
 DATASETS = ("mvtec", "folder", "mnist", "fashionmnist", "cifar10", "retina")
 LOCALIZATION_METHODS = ("gradients", "smooth_grad", "gbp", "integrated_gradients", "feature_diff")
+WEIGHTS_FORMATS = ("pdparams", "safetensors")  # pdparams: what the earlier port's tools read
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ SCHEMA = {
     "continue_train": Key((bool,), False),
     "save_interval": _int(1, 1),
     "save_dir": Key((str,), "output"),
+    "weights_format": _one_of(WEIGHTS_FORMATS),
     "log_dir": Key((str,), "logs"),
     # testing
     "localization_test": Key((bool,), True),
