@@ -14,6 +14,7 @@ _ARRAY_MODULES = {"numpy", "numpy.core.multiarray", "numpy._core.multiarray",
                   "numpy.core.numeric", "numpy._core.numeric"}
 _ALLOWED = {(module, name) for module in _ARRAY_MODULES for name in _ARRAY_BUILDERS}
 _ALLOWED.add(("collections", "OrderedDict"))
+_ALLOWED.add(("_codecs", "encode"))  # how pickle protocol 2 stores bytes (e.g. array data)
 
 
 class RefusedPickle(pickle.UnpicklingError):
