@@ -26,15 +26,15 @@ def convert(source: str, target: str, force: bool = False) -> int:
         raise UserError(f"output {target} must end in .pdparams or .safetensors")
     if os.path.abspath(source) == os.path.abspath(target):
         raise UserError(f"input and output are the same file: {source}")
+    state = read_state_dict(source)
+    if not state:
+        raise UserError(f"{source} holds no arrays")
     info = info_path(source) if os.path.isfile(info_path(source)) else None
     if info is not None and os.path.abspath(info) == os.path.abspath(info_path(target)):
         info = None  # same folder and stem: the JSON already sits beside the output
     for path in [target] + ([info_path(target)] if info else []):
         if os.path.exists(path) and not force:
             raise UserError(f"{path} exists; pass --force to replace it")
-    state = read_state_dict(source)
-    if not state:
-        raise UserError(f"{source} holds no arrays")
     save_state_dict(state, target)
     if info is not None:
         atomic_write(info_path(target), lambda tmp: shutil.copyfile(info, tmp))
