@@ -103,19 +103,33 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, data_root, reference):
     assert_same_run(folder, reference)
 
 
+def epochs_logged(out) -> int:
+    try:
+        with open(os.path.join(str(out), "logs", "demo_train.log")) as stream:
+            return stream.read().count("epoch [")
+    except OSError:
+        return 0
+
+
 def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, data_root, reference):
+    """With save_interval 100 only Ctrl-C's own save holds the epochs since epoch 0."""
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
-                          num_epochs=NUM_EPOCHS, eval_interval=3)
+                          num_epochs=NUM_EPOCHS, eval_interval=3, save_interval=100)
     folder = model_dir(tmp_path)
     # a shell can start jobs with SIGINT ignored; a user's terminal does not
     process = start_training(config, preexec_fn=lambda: signal.signal(signal.SIGINT,
                                                                        signal.SIG_DFL))
-    wait_for_epochs(process, folder, random.randint(1, 6))
+    logged = random.randint(3, 7)
+    deadline = time.time() + 120
+    while epochs_logged(tmp_path) < logged:
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.005)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "Traceback" not in err
     saved = load_training_state(os.path.join(folder, "last.pdckpt"))["epoch"]
+    assert logged - 2 <= saved < NUM_EPOCHS  # the epoch being trained is lost, no more
     assert f"interrupted: {os.path.join(folder, 'last.pdckpt')} holds epoch {saved}" in out
     assert "--resume" in out
     resumed = run_script(["train.py", "--config", config, "-o", "continue_train=true"])
@@ -152,6 +166,48 @@ def test_diverging_loss_stops_and_keeps_the_last_good_state(tmp_path, data_root,
     assert file_bytes(folder, models) == before
 
 
+@pytest.mark.parametrize("where", ["weights", "scores", "weights in epoch 0"])
+def test_non_finite_weights_or_scores_stop_training(tmp_path, data_root, capsys, monkeypatch,
+                                                    where):
+    """A NaN that the epoch's loss did not show: in the weights after the last step, or in the
+    test scores. (Injected here: a finite loss with broken weights is hard to provoke.)"""
+    config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
+                          num_epochs=4, eval_interval=2)
+    bad_epoch = 0 if where.endswith("epoch 0") else 2
+    run_epoch, score_cached = train_script.Trainer.run_epoch, train_script.score_cached
+    epochs = []
+
+    def poisoned_epoch(trainer, epoch):
+        loss = run_epoch(trainer, epoch)
+        epochs.append(epoch)
+        if epoch == bad_epoch and where.startswith("weights"):
+            weight = trainer.cloner.features[0].weight
+            weight.set_value(paddle.full_like(weight, float("nan")))
+        return loss
+
+    def poisoned_scores(cloner, cache, config):
+        scores = score_cached(cloner, cache, config)
+        if where == "scores" and epochs[-1] == bad_epoch:
+            return scores * np.nan  # the test scores of the evaluation, and the thresholds
+        return scores
+
+    monkeypatch.setattr(train_script.Trainer, "run_epoch", poisoned_epoch)
+    monkeypatch.setattr(train_script, "score_cached", poisoned_scores)
+    code, _, err = run_main(train_script.main, ["--config", config], capsys)
+    message = error_line(code, err)
+    what = "test scores" if where == "scores" else "cloner's weights"
+    assert f"the {what} became NaN or infinite in epoch {bad_epoch}" in message
+    folder = model_dir(tmp_path)
+    assert not os.path.exists(os.path.join(folder, "final_model.pdparams"))
+    if bad_epoch == 0:
+        assert "nothing to resume" in message
+        assert not os.path.exists(os.path.join(folder, "last.pdckpt"))
+    else:
+        assert load_training_state(os.path.join(folder, "last.pdckpt"))["epoch"] == 1
+        best = read_state_dict(os.path.join(folder, "best_model.pdparams"))
+        assert all(np.isfinite(value).all() for value in best.values())
+
+
 def test_resume_keeps_the_seed_when_the_config_file_says_null(tmp_path, data_root, capsys):
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
                           num_epochs=0, seed=None)
@@ -166,6 +222,8 @@ def test_resume_keeps_the_seed_when_the_config_file_says_null(tmp_path, data_roo
     chosen, _ = train_script.resolve_config(train_script.parse_args(
         ["--config", config, "--resume", "-o", "seed=5"]))
     assert chosen["seed"] == 5
+    code, out, err = run_main(train_script.main, ["--config", config, "--resume"], capsys)
+    assert code == 0 and "nothing to train: the run already reached epoch 0" in out, err
 
 
 def test_resume_does_not_depend_on_the_layers_built_before(tmp_path, data_root, capsys):
@@ -289,3 +347,15 @@ def test_a_failed_write_during_training_keeps_the_last_state(tmp_path, data_root
     assert f"cannot write {last}: No space left on device" in message
     assert load_training_state(last)["epoch"] == 0
     assert not os.path.exists(os.path.join(model_dir(tmp_path), "final_model.pdparams"))
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Temporary files are private (0600); the file they become is not."""
+    path = str(tmp_path / "config.json")
+    atomic_write_text(path, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(path, 0o640)
+    atomic_write_text(path, "{}")
+    assert os.stat(path).st_mode & 0o777 == 0o640

@@ -7,6 +7,8 @@ import io
 import os
 import pickle
 import shutil
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from script_helpers import (error_line, run_main, run_script, tiny_category, use
                             write_config)
 from utils.checkpoint import save_state_dict
 from utils.config import build_config
-from utils.errors import UserError
+from utils.errors import UserError, report_user_errors
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +244,31 @@ def test_real_command_lines_print_one_error_line(args, culprit):
     """Paddle's import-time notes must not come before the error on stderr."""
     completed = run_script(args)
     assert culprit in error_line(completed.returncode, completed.stderr)
+
+
+def test_ctrl_c_anywhere_is_one_line_and_exit_130(capsys):
+    @report_user_errors
+    def interrupted():
+        raise KeyboardInterrupt
+
+    @report_user_errors
+    def mangled():  # Paddle's C++ code can turn the KeyboardInterrupt into another error
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise SystemError("returned a result with an exception set") from None
+
+    @report_user_errors
+    def failing():
+        raise SystemError("a real failure")
+
+    for main in (interrupted, mangled):
+        code, _, err = run_main(lambda argv: main(), [], capsys)
+        assert code == 130 and err == "interrupted\n"
+    with pytest.raises(SystemError):
+        failing()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @settings(max_examples=120, deadline=None,
