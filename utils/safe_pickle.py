@@ -28,7 +28,7 @@ class _ArraysOnly(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_arrays_only(path: str):
+def load_arrays_only(path: str) -> object:
     """What paddle.save wrote to `path` (arrays, numbers, strings, lists, dicts); raises
     RefusedPickle naming the function when the file would call anything else."""
     with open(path, "rb") as stream:
