@@ -75,6 +75,8 @@ def _numpy_tree(value):
     """A detached NumPy copy of a (nested) state dict, safe to keep while training goes on."""
     if isinstance(value, dict):
         return {key: _numpy_tree(item) for key, item in value.items()}
+    if isinstance(value, list):  # the history's lists keep growing after this epoch
+        return [_numpy_tree(item) for item in value]
     if isinstance(value, paddle.Tensor):
         return value.numpy().copy()
     return value

@@ -172,7 +172,7 @@ def test_non_finite_weights_or_scores_stop_training(tmp_path, data_root, capsys,
     """A NaN that the epoch's loss did not show: in the weights after the last step, or in the
     test scores. (Injected here: a finite loss with broken weights is hard to provoke.)"""
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
-                          num_epochs=4, eval_interval=2)
+                          num_epochs=4, eval_interval=2, save_interval=100)
     bad_epoch = 0 if where.endswith("epoch 0") else 2
     run_epoch, score_cached = train_script.Trainer.run_epoch, train_script.score_cached
     epochs = []
@@ -202,8 +202,10 @@ def test_non_finite_weights_or_scores_stop_training(tmp_path, data_root, capsys,
     if bad_epoch == 0:
         assert "nothing to resume" in message
         assert not os.path.exists(os.path.join(folder, "last.pdckpt"))
-    else:
-        assert load_training_state(os.path.join(folder, "last.pdckpt"))["epoch"] == 1
+    else:  # epoch 1's state, saved when training stopped, without epoch 2's history
+        state = load_training_state(os.path.join(folder, "last.pdckpt"))
+        assert state["epoch"] == 1 and state["history"]["epoch"] == [0, 1]
+        assert state["history"]["eval_epoch"] == [0]
         best = read_state_dict(os.path.join(folder, "best_model.pdparams"))
         assert all(np.isfinite(value).all() for value in best.values())
 
