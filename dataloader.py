@@ -3,6 +3,7 @@ import paddle
 
 from classification_datasets import INPUT_SIZES, one_class_dataset
 from dataset import MVTecDataset, scan_class_folders
+from utils.batch_loader import make_loader
 
 MASKS = {"mvtec": "required", "folder": "optional"}
 
@@ -32,10 +33,9 @@ def eval_batch_size(config: dict) -> int:
 
 
 def build_loader(dataset: paddle.io.Dataset, batch_size: int, num_workers: int = 0,
-                 shuffle: bool = False) -> paddle.io.DataLoader:
-    return paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                                num_workers=num_workers, drop_last=False,
-                                return_list=True, use_shared_memory=num_workers > 0)
+                 shuffle: bool = False):
+    """Batches [images, labels, masks, indices]; an unreadable file stops it with its error."""
+    return make_loader(dataset, batch_size, num_workers, shuffle)
 
 
 def build_test_loader(config: dict, dataset=None) -> paddle.io.DataLoader:

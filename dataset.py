@@ -32,7 +32,24 @@ def open_image(path: str) -> Image.Image:
         with Image.open(path) as image:
             image.load()
             return image.copy() if image.mode != "P" else image.convert("RGBA")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {path}: not an image Pillow can read") from None
+    except Exception as error:  # Pillow's decoders raise many unrelated types for a broken file
+        raise UserError(f"cannot read image {path}: {error or type(error).__name__}") from None
+
+
+def _converted(path: str, mode: str) -> Image.Image:
+    """The image at `path` in `mode` ('RGB' or 'L'), through RGB when Pillow has no direct
+    conversion (e.g. LAB to L); a colour mode it cannot convert at all is an error naming the
+    file."""
+    image = _to_8bit(open_image(path))
+    try:
+        return image.convert(mode)
+    except ValueError:
+        pass
+    try:
+        return image.convert("RGB").convert(mode)
+    except ValueError as error:
         raise UserError(f"cannot read image {path}: {error}") from None
 
 
@@ -47,15 +64,13 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 def load_image(path: str, img_size: int) -> np.ndarray:
     """[3, img_size, img_size] float32 in [0, 1]."""
-    image = _to_8bit(open_image(path)).convert("RGB")
-    image = image.resize((img_size, img_size), Image.BILINEAR)
+    image = _converted(path, "RGB").resize((img_size, img_size), Image.BILINEAR)
     return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)
 
 
 def load_mask(path: str, img_size: int) -> np.ndarray:
     """[img_size, img_size] float32 in [0, 1] (any size of mask is resized like the image)."""
-    mask = _to_8bit(open_image(path)).convert("L")
-    mask = mask.resize((img_size, img_size), Image.BILINEAR)
+    mask = _converted(path, "L").resize((img_size, img_size), Image.BILINEAR)
     return np.asarray(mask, dtype=np.float32) / 255.0
 
 

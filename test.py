@@ -13,6 +13,7 @@ import math
 import os
 import time
 
+import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import numpy as np
 from tqdm import tqdm
 
@@ -20,6 +21,7 @@ from dataloader import build_test_loader, input_size
 from network import load_cloner
 from test_functions import Evaluation, MapGenerator, evaluate, evaluation_metrics, make_scorer
 from utils import plots
+from utils.checkpoint import find_weights
 from utils.config import add_config_args, config_from_args, load_saved_config, parse_override
 from utils.device import setup_device
 from utils.errors import UserError, report_user_errors
@@ -35,7 +37,8 @@ MODEL_KEYS = ("pretrain", "vgg_weights", "equal_network_size", "use_bias", "mvte
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
     parser.add_argument("--model_path", default=None,
-                        help="cloner checkpoint (default: <save_dir>/<class>/final_model.pdparams)")
+                        help="cloner checkpoint (default: <save_dir>/<class>/final_model.pdparams "
+                             "or .safetensors)")
 
 
 def resolve_model(args):
@@ -43,8 +46,8 @@ def resolve_model(args):
     model_path = args.model_path
     if model_path is None:
         config = config_from_args(args)
-        model_path = os.path.join(config["save_dir"], str(config["normal_class"]),
-                                  "final_model.pdparams")
+        model_path = find_weights(os.path.join(config["save_dir"], str(config["normal_class"])),
+                                  "final_model", config["weights_format"])
     if not os.path.isfile(model_path):
         raise UserError(f"model not found: {model_path} (train first, or pass --model_path)")
     saved_path = os.path.join(os.path.dirname(model_path), "config.yaml")

@@ -4,7 +4,8 @@
 
 Writes <save_dir>/<class>/: final_model.pdparams (the honest default), best_model.pdparams (best
 test-set detection ROC-AUC, an optimistic selection), their .json (threshold, epoch), last.pdckpt
-(resumable), config.yaml, history.json; and the log <log_dir>/<class>_train.log.
+(resumable), config.yaml, history.json; and the log <log_dir>/<class>_train.log. With
+`weights_format: safetensors` the weights are .safetensors files instead (no pickles).
 Several GPUs: python -m paddle.distributed.launch --gpus 0,1 train.py ...
 Several CPU processes: python -m paddle.distributed.launch --nproc_per_node 2 train.py ...
 """
@@ -15,6 +16,7 @@ import os
 import sys
 import time
 
+import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import numpy as np
 import paddle
 from tqdm import tqdm
@@ -28,17 +30,23 @@ from network import build_cloner
 from test_functions import image_threshold, score_cached
 from train_step import build_training_step
 from utils.checkpoint import (load_state_strict, load_training_state, save_model_info,
-                              save_state_dict, save_training_state)
-from utils.config import add_config_args, config_from_args, parse_override, save_config
+                              save_state_dict, save_training_state, weights_path)
+from utils.config import WEIGHTS_FORMATS, add_config_args, config_from_args, save_config
 from utils.device import setup_device, use_training_threads
 from utils.distributed import broadcast_seed, broadcast_weights, mean_over_ranks
-from utils.errors import UserError, report_user_errors
+from utils.errors import INTERRUPTED_EXIT, UserError, report_user_errors
 from utils.files import atomic_write_text
 from utils.logger import get_logger
+from utils.optimizer_state import portable_optimizer_state, restore_optimizer_state
 from utils.seed import epoch_order_seed, resolve_seed, seed_everything
-from vgg import EXPERT_FILE, build_expert
+from vgg import EXPERT_STEM, build_expert
 
-FINAL_MODEL, BEST_MODEL, LAST_STATE = "final_model.pdparams", "best_model.pdparams", "last.pdckpt"
+# weights files are <stem>.pdparams or <stem>.safetensors (`weights_format`)
+FINAL_MODEL, BEST_MODEL, LAST_STATE = "final_model", "best_model", "last.pdckpt"
+
+
+class Diverged(UserError):
+    """The loss, the weights or the scores stopped being finite numbers."""
 
 
 def model_dir_of(config: dict) -> str:
@@ -60,16 +68,18 @@ def resolve_config(args):
     if not (args.resume or config["continue_train"]):
         return resolve_seed(config), None
     state = load_training_state(os.path.join(model_dir_of(config), LAST_STATE))
-    resumed = config_from_args(args, base=state["config"])
-    if "seed" not in {parse_override(text)[0] for text in args.override}:
-        resumed["seed"] = state["config"]["seed"]  # a config file's `seed: null` must not reseed
-    return resumed, state
+    config = config_from_args(args, base=state["config"])
+    if config["seed"] is None:  # a config file's `seed: null` means the seed this run drew
+        config = {**config, "seed": state["config"]["seed"]}
+    return config, state
 
 
 def _numpy_tree(value):
     """A detached NumPy copy of a (nested) state dict, safe to keep while training goes on."""
     if isinstance(value, dict):
         return {key: _numpy_tree(item) for key, item in value.items()}
+    if isinstance(value, list):  # the history's lists keep growing after this epoch
+        return [_numpy_tree(item) for item in value]
     if isinstance(value, paddle.Tensor):
         return value.numpy().copy()
     return value
@@ -109,7 +119,7 @@ class Trainer:
             os.makedirs(self.model_dir, exist_ok=True)
             save_config(config, os.path.join(self.model_dir, "config.yaml"))
             if not config["pretrain"] and not resumed:
-                save_state_dict(self.expert.state_dict(), os.path.join(self.model_dir, EXPERT_FILE))
+                self.save_weights(self.expert, EXPERT_STEM)
         expert_runner = make_runner(self.expert, config, self.device, [3, size, size])
         cache_args = dict(expert_runner=expert_runner, batch_size=eval_batch_size(config),
                           storage=config["expert_cache"], folder=self.model_dir,
@@ -136,7 +146,8 @@ class Trainer:
         self.sampler = paddle.io.DistributedBatchSampler(
             self.train_cache, batch_size=config["batch_size"] // self.world, shuffle=True)
         if resumed:
-            self.optimizer.set_state_dict(self.state["optimizer"])
+            restore_optimizer_state(self.optimizer, self.cloner, self.state["optimizer"],
+                                    LAST_STATE)
             self.history, self.best = self.state["history"], self.state["best"]
             self.start_epoch = self.state["epoch"] + 1
             self.log.info(f"resumed from {os.path.join(self.model_dir, LAST_STATE)} after "
@@ -145,6 +156,7 @@ class Trainer:
             self.history = {"epoch": [], "loss": [], "eval_epoch": [], "image_auroc": []}
             self.best = {"image_auroc": -math.inf, "epoch": None}
             self.start_epoch = 0
+        self.saved_epoch = self.start_epoch - 1 if resumed else None  # the epoch in LAST_STATE
 
     def run_epoch(self, epoch: int) -> float:
         """One pass over the training set; returns the sum of the batch losses (as the
@@ -170,6 +182,8 @@ class Trainer:
 
     def evaluate(self, epoch: int) -> None:
         scores = score_cached(self.cloner, self.test_cache, self.config)
+        if not np.isfinite(scores).all():
+            raise Diverged(f"the test scores became NaN or infinite in epoch {epoch}")
         auroc = image_auroc(self.test_cache.labels, scores)
         self.history["eval_epoch"].append(epoch)
         self.history["image_auroc"].append(auroc)
@@ -181,9 +195,18 @@ class Trainer:
         self.log.info(f"epoch {epoch}: image ROC-AUC {auroc:.4f} (best {self.best['image_auroc']:.4f}"
                       f" at epoch {self.best['epoch']})" + (", saved best_model" if improved else ""))
 
+    def save_weights(self, layer: paddle.nn.Layer, stem: str) -> str:
+        """Write `layer`'s weights as <stem>.<weights_format>; a same-named file in the other
+        format, left by an earlier run, is removed so that it cannot be loaded by mistake."""
+        path = weights_path(self.model_dir, stem, self.config["weights_format"])
+        save_state_dict(layer.state_dict(), path)
+        for other in set(WEIGHTS_FORMATS) - {self.config["weights_format"]}:
+            if os.path.isfile(weights_path(self.model_dir, stem, other)):
+                os.remove(weights_path(self.model_dir, stem, other))
+        return path
+
     def save_model(self, name: str, epoch: int, extra: dict) -> None:
-        path = os.path.join(self.model_dir, name)
-        save_state_dict(self.cloner.state_dict(), path)
+        path = self.save_weights(self.cloner, name)
         info = {"epoch": epoch, **extra, **image_threshold(score_cached(self.cloner,
                                                                           self.train_cache,
                                                                           self.config))}
@@ -191,19 +214,31 @@ class Trainer:
 
     def training_state(self, epoch: int) -> dict:
         return _numpy_tree({"cloner": self.cloner.state_dict(),
-                            "optimizer": self.optimizer.state_dict(), "epoch": epoch,
+                            "optimizer": portable_optimizer_state(self.optimizer, self.cloner),
+                            "epoch": epoch,
                             "history": self.history, "best": self.best, "config": self.config})
 
     def save_state(self, state: dict) -> None:
         save_training_state(os.path.join(self.model_dir, LAST_STATE), state)
         atomic_write_text(os.path.join(self.model_dir, "history.json"),
                           json.dumps(state["history"], indent=1) + "\n")
+        self.saved_epoch = state["epoch"]
+
+    def kept_state(self) -> str:
+        """Where training can continue from, for the messages of a stopped run."""
+        if self.saved_epoch is None:
+            return "no epoch had finished, so there is nothing to resume"
+        return (f"{os.path.join(self.model_dir, LAST_STATE)} holds epoch {self.saved_epoch}: "
+                "add --resume to the same command to continue")
 
     def fit(self) -> dict:
         config = self.config
         last_epoch = config["num_epochs"]
         unsaved = None  # the newest end-of-epoch state not yet on disk
         epochs = range(self.start_epoch, last_epoch + 1)
+        if not epochs:
+            self.log.info(f"nothing to train: the run already reached epoch "
+                          f"{self.start_epoch - 1} (raise num_epochs to train longer)")
         bar = tqdm(epochs, desc=f"train {config['normal_class']}", disable=None if self.main else True,
                    dynamic_ncols=True)
         try:
@@ -212,10 +247,9 @@ class Trainer:
                 loss_sum = self.run_epoch(epoch)
                 batches = len(self.sampler)
                 if not math.isfinite(loss_sum):
-                    raise UserError(
-                        f"the loss became {loss_sum} in epoch {epoch}; training stopped and "
-                        f"the last good checkpoint is kept "
-                        f"({os.path.join(self.model_dir, LAST_STATE)})")
+                    raise Diverged(f"the loss became {loss_sum} in epoch {epoch}")
+                if not _all_finite(self.cloner):
+                    raise Diverged(f"the cloner's weights became NaN or infinite in epoch {epoch}")
                 self.history["epoch"].append(epoch)
                 self.history["loss"].append(loss_sum)
                 bar.set_postfix(loss=f"{loss_sum:.4f}")
@@ -229,19 +263,31 @@ class Trainer:
                     if epoch % config["save_interval"] == 0 or epoch == last_epoch:
                         self.save_state(unsaved)
                         unsaved = None
+        except Diverged as error:
+            if self.main and unsaved is not None:  # the last good epoch (save_interval > 1)
+                self.save_state(unsaved)
+            raise Diverged(f"{error}; training stopped and the models saved before are kept; "
+                           f"{self.kept_state()}, or start again with a lower learning_rate") \
+                from None
         except KeyboardInterrupt:
             if self.main and unsaved is not None:
                 self.save_state(unsaved)
-            self.log.info(f"interrupted; resume with: python train.py ... --resume "
-                          f"(state: {os.path.join(self.model_dir, LAST_STATE)})")
-            sys.exit(130)
+            self.log.info(f"interrupted: {self.kept_state()}")
+            sys.exit(INTERRUPTED_EXIT)
         if self.main and last_epoch >= self.start_epoch:
             self.save_model(FINAL_MODEL, last_epoch, {"selection": "final epoch"})
-            self.log.info(f"saved {os.path.join(self.model_dir, FINAL_MODEL)}"
+            final_path = weights_path(self.model_dir, FINAL_MODEL, config["weights_format"])
+            self.log.info(f"saved {final_path}"
                           + (f"; best test ROC-AUC {self.best['image_auroc']:.4f} at epoch "
-                             f"{self.best['epoch']} in {BEST_MODEL}" if self.best["epoch"]
-                             is not None else ""))
+                             f"{self.best['epoch']} in {BEST_MODEL}.{config['weights_format']}"
+                             if self.best["epoch"] is not None else ""))
         return {"model_dir": self.model_dir, "history": self.history, "best": self.best}
+
+
+def _all_finite(layer: paddle.nn.Layer) -> bool:
+    """True when no parameter or buffer of `layer` holds NaN or inf (one host sync)."""
+    checks = [paddle.isfinite(value).all() for value in layer.state_dict().values()]
+    return bool(paddle.stack(checks).all())
 
 
 def train(config: dict, state: dict = None) -> dict:

@@ -9,7 +9,7 @@ import paddle
 from paddle import nn
 from paddle.utils.download import WEIGHTS_HOME, get_weights_path_from_url
 
-from utils.checkpoint import load_state_strict, read_state_dict, save_state_dict
+from utils.checkpoint import find_weights, load_state_strict, read_state_dict, save_state_dict
 from utils.errors import UserError
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
@@ -21,7 +21,8 @@ STAGE_CHANNELS = (128, 256, 512, 512)
 IMAGENET_URL = "https://paddle-hapi.bj.bcebos.com/models/vgg16.pdparams"
 IMAGENET_MD5 = "89bbffc0f87d260be9b8cdc169c991c4"
 FEATURES_CACHE = os.path.join(WEIGHTS_HOME, "vgg16_features.pdparams")
-EXPERT_FILE = "expert.pdparams"  # a random expert, saved beside the cloner's checkpoints
+EXPERT_STEM = "expert"  # a random expert, saved beside the cloner's checkpoints
+EXPERT_FILE = EXPERT_STEM + ".pdparams"  # ... or as expert.safetensors (`weights_format`)
 
 
 def make_layers(cfg: list, use_bias: bool, batch_norm: bool) -> List[nn.Layer]:
@@ -111,13 +112,14 @@ def build_expert(config: dict, model_dir: str = None) -> Expert:
     """The frozen expert the config asks for.
 
     `pretrain: false` means a randomly initialised expert. Without `model_dir` a fresh one is made
-    (training then saves it as `expert.pdparams` beside its checkpoints); with `model_dir` that
-    very expert is loaded again, so that test, predict and export see the same network.
+    (training then saves it as `expert.pdparams` or `.safetensors` beside its checkpoints); with
+    `model_dir` that very expert is loaded again, so that test, predict and export see the same
+    network.
     """
     expert = Expert()
     if not config["pretrain"]:
         if model_dir is not None:
-            saved = os.path.join(model_dir, EXPERT_FILE)
+            saved = find_weights(model_dir, EXPERT_STEM, config["weights_format"])
             if not os.path.isfile(saved):
                 raise UserError(f"{saved} is missing: this model was trained with a random "
                                 "expert (pretrain: false) and needs that very expert")

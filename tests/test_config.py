@@ -177,6 +177,7 @@ VALID = {
     "continue_train": st.booleans(),
     "save_interval": POSITIVE,
     "save_dir": TEXT,
+    "weights_format": st.sampled_from(("pdparams", "safetensors")),
     "log_dir": TEXT,
     "localization_test": st.booleans(),
     "localization_method": st.sampled_from(LOCALIZATION_METHODS),

@@ -1,18 +1,42 @@
 """Reading and writing weight files: Paddle `.pdparams`, `.safetensors`, torchvision `.pth`.
 
 Loading is strict: a missing, unexpected or mis-shaped key is an error that names the key and the
-file, never a printed warning followed by a silently half-loaded network.
+file, never a printed warning followed by a silently half-loaded network. `.pdparams` files are
+pickles: they are read with only NumPy's array builders allowed (utils/safe_pickle.py).
 """
 import json
 import os
-import pickle
-import zipfile
 
 import numpy as np
 import paddle
 
+from utils.config import WEIGHTS_FORMATS
 from utils.errors import UserError
 from utils.files import atomic_write, atomic_write_text
+from utils.safe_pickle import RefusedPickle, load_arrays_only
+
+
+def _refused(path: str, error: RefusedPickle) -> UserError:
+    return UserError(f"refusing to load {path}: it is a pickle that would call {error} while "
+                     "loading, and weights need nothing but NumPy arrays (a pickle can run any "
+                     "code; ask for a .safetensors file)")
+
+
+def weights_path(folder: str, stem: str, weights_format: str) -> str:
+    """`folder/stem.pdparams` or `folder/stem.safetensors`."""
+    return os.path.join(folder, f"{stem}.{weights_format}")
+
+
+def find_weights(folder: str, stem: str, weights_format: str = WEIGHTS_FORMATS[0]) -> str:
+    """The weights file `stem` in `folder` in `weights_format`, or else in the other format when
+    only that one exists (the preferred path when neither does)."""
+    preferred = weights_path(folder, stem, weights_format)
+    if os.path.isfile(preferred):
+        return preferred
+    for other in WEIGHTS_FORMATS:
+        if os.path.isfile(weights_path(folder, stem, other)):
+            return weights_path(folder, stem, other)
+    return preferred
 
 
 def read_state_dict(path: str) -> dict:
@@ -29,9 +53,10 @@ def read_state_dict(path: str) -> dict:
     if path.endswith((".pth", ".pt")):
         return _read_torch(path)
     try:
-        state = paddle.load(path, return_numpy=True)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError, RuntimeError,
-            AttributeError, IndexError, KeyError, zipfile.BadZipFile) as error:
+        state = load_arrays_only(path)
+    except RefusedPickle as error:
+        raise _refused(path, error) from None
+    except Exception as error:  # a truncated or foreign pickle raises many unrelated types
         raise UserError(f"cannot read weights file {path} ({type(error).__name__}): it is "
                         "truncated or not a Paddle .pdparams file") from None
     if not isinstance(state, dict):
@@ -62,6 +87,8 @@ def load_state_strict(layer: paddle.nn.Layer, state: dict, source: str) -> None:
         if list(state[name].shape) != list(tensor.shape):
             raise UserError(f"{source}: key '{name}' has shape {list(state[name].shape)}, "
                             f"expected {list(tensor.shape)}")
+        if not np.isfinite(np.asarray(state[name])).all():
+            raise UserError(f"{source}: key '{name}' holds NaN or infinite values")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise UserError(f"{source}: unexpected key '{unexpected[0]}'"
@@ -76,7 +103,8 @@ def save_state_dict(state: dict, path: str) -> None:
               for name, value in state.items()}
     if path.endswith(".safetensors"):
         from safetensors.numpy import save_file
-        atomic_write(path, lambda tmp: save_file(arrays, tmp))
+        atomic_write(path, lambda tmp: save_file(
+            {name: np.ascontiguousarray(value) for name, value in arrays.items()}, tmp))
     else:
         atomic_write(path, lambda tmp: paddle.save(arrays, tmp))
 
@@ -111,7 +139,9 @@ def load_training_state(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"nothing to resume: {path} not found")
     try:
-        state = paddle.load(path)
+        state = load_arrays_only(path)
+    except RefusedPickle as error:
+        raise _refused(path, error) from None
     except Exception as error:  # a truncated pickle raises many different types
         raise UserError(f"cannot read training state {path} ({type(error).__name__}): it is "
                         "truncated or not a training state") from None

@@ -20,6 +20,7 @@ MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", 
 DATASETS = ("mvtec", "folder", "mnist", "fashionmnist", "cifar10", "retina")
 CLASS_INDEX_DATASETS = ("mnist", "fashionmnist", "cifar10")  # normal_class is 0..9
 LOCALIZATION_METHODS = ("gradients", "smooth_grad", "gbp", "integrated_gradients", "feature_diff")
+WEIGHTS_FORMATS = ("pdparams", "safetensors")  # pdparams: what the earlier port's tools read
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ SCHEMA = {
     "continue_train": Key((bool,), False),
     "save_interval": _int(1, 1),
     "save_dir": Key((str,), "output"),
+    "weights_format": _one_of(WEIGHTS_FORMATS),
     "log_dir": Key((str,), "logs"),
     # testing
     "localization_test": Key((bool,), True),
@@ -146,14 +148,22 @@ def parse_override(text: str) -> tuple:
 def build_config(base: Optional[dict] = None, files=(), overrides=(),
                  base_origin: str = "the saved config") -> dict:
     """Defaults, then `base` (e.g. a checkpoint's saved config), files, then overrides."""
-    config = default_config()
+    config, origins = default_config(), {}
     layers = [(base or {}, base_origin)]
     layers += [(_read_yaml(path), path) for path in files]
     layers += [(dict([parse_override(text)]), f"override '{text}'") for text in overrides]
     for values, origin in layers:
         for name, value in values.items():
             config[name] = _coerce(name, value, origin)
-    check_consistency(config)
+            origins[name] = origin
+    try:
+        check_consistency(config)
+    except UserError as error:  # say where the keys it names were set
+        sources = list(dict.fromkeys(origin for name, origin in origins.items()
+                                     if name in str(error)))
+        if not sources:
+            raise
+        raise UserError(f"{error} (set in {' and '.join(sources)})") from None
     return config
 
 
