@@ -23,15 +23,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-import yaml
 
+from utils.checkpoint import find_weights
 from utils.config import MVTEC_CATEGORIES, build_config
 from utils.errors import UserError, report_user_errors
 from utils.files import atomic_write_text
 from utils.results import results_json, results_markdown
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FINAL_MODEL, LAST_STATE, METRICS_FILE = "final_model.pdparams", "last.pdckpt", "metrics.json"
+FINAL_MODEL, LAST_STATE, METRICS_FILE = "final_model", "last.pdckpt", "metrics.json"
 
 
 @dataclass
@@ -93,20 +93,11 @@ def planned_steps(job: Job) -> List[str]:
     """What is left to do for a job: [], ['test'], ['train', 'test'] or ['resume', 'test']."""
     if os.path.isfile(os.path.join(job.test_dir, METRICS_FILE)):
         return []
-    if os.path.isfile(os.path.join(job.model_dir, FINAL_MODEL)):
+    if os.path.isfile(find_weights(job.model_dir, FINAL_MODEL)):
         return ["test"]
     if os.path.isfile(os.path.join(job.model_dir, LAST_STATE)):
         return ["resume", "test"]
     return ["train", "test"]
-
-
-def saved_seed(model_dir: str) -> Optional[int]:
-    """The seed that training recorded in <model_dir>/config.yaml, if any."""
-    path = os.path.join(model_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as stream:
-        return (yaml.safe_load(stream) or {}).get("seed")
 
 
 def script_command(job: Job, step: str) -> List[str]:
@@ -118,13 +109,9 @@ def script_command(job: Job, step: str) -> List[str]:
         args += ["-o", override]
     if step == "test":
         return [sys.executable, os.path.join(HERE, "test.py"), *args, "--model_path",
-                os.path.join(job.model_dir, FINAL_MODEL), "--save_dir", job.test_dir]
-    if step == "resume":
-        # train.py --resume applies the config file over the saved state; a `seed: null` there
-        # would replace the seed the run was started with, so pass that seed on.
-        seed = saved_seed(job.model_dir)
-        return [sys.executable, os.path.join(HERE, "train.py"), *args, "--resume"] + (
-            ["-o", f"seed={seed}"] if seed is not None else [])
+                find_weights(job.model_dir, FINAL_MODEL), "--save_dir", job.test_dir]
+    if step == "resume":  # the run keeps the seed it started with (train.py --resume)
+        return [sys.executable, os.path.join(HERE, "train.py"), *args, "--resume"]
     return [sys.executable, os.path.join(HERE, "train.py"), *args]
 
 
@@ -188,7 +175,7 @@ def main(argv=None) -> None:
         raise UserError(f"no categories to run in {base['dataset_root']}")
     jobs = make_jobs(args.config, args.override, categories, args.results_dir, args.dataset_root)
     setup = {"config": args.config, "overrides": args.override,
-             "model": FINAL_MODEL + " (the model after the last epoch)"}
+             "model": "final_model (the model after the last epoch)"}
     outcomes = []
     for number, job in enumerate(jobs, 1):
         print(f"[{number}/{len(jobs)}] {job.category}: "

@@ -10,12 +10,11 @@ import subprocess
 import sys
 
 import numpy as np
-import paddle
 import pytest
 
 from conftest import ROOT, make_config
 from train import FINAL_MODEL, Trainer
-from utils.checkpoint import read_state_dict
+from utils.checkpoint import find_weights, read_state_dict
 from utils.config import load_saved_config
 from utils.demo_data import make_demo_category
 from utils.seed import epoch_order_seed
@@ -81,7 +80,7 @@ def max_relative_difference(saved: dict, reference: dict) -> float:
 def test_two_processes_equal_one_averaging_two_half_batches(two_process_run, tmp_path):
     config = {**two_process_run["config"], "save_dir": str(tmp_path / "reference"),
               "log_dir": str(tmp_path / "logs")}
-    saved = read_state_dict(os.path.join(two_process_run["model_dir"], FINAL_MODEL))
+    saved = read_state_dict(find_weights(two_process_run["model_dir"], FINAL_MODEL))
     reference = half_batch_reference(config)
     assert sorted(saved) == sorted(reference)
     for name, value in reference.items():

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 
 from conftest import ROOT
 from utils.demo_data import make_demo_category

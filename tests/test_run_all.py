@@ -60,12 +60,10 @@ def test_planned_steps_follow_the_files_on_disk(tmp_path):
     os.makedirs(job.model_dir)
     open(os.path.join(job.model_dir, "last.pdckpt"), "w").close()
     assert run_all.planned_steps(job) == ["resume", "test"]
-    with open(os.path.join(job.model_dir, "config.yaml"), "w") as stream:
-        yaml.safe_dump({"seed": 1234}, stream)
-    command = run_all.script_command(job, "resume")
-    assert command[-3:] == ["--resume", "-o", "seed=1234"]  # the run's own seed, not the file's
-    open(os.path.join(job.model_dir, "final_model.pdparams"), "w").close()
+    assert run_all.script_command(job, "resume")[-1] == "--resume"  # train.py keeps the seed
+    open(os.path.join(job.model_dir, "final_model.safetensors"), "w").close()
     assert run_all.planned_steps(job) == ["test"]
+    assert run_all.script_command(job, "test")[-3].endswith("final_model.safetensors")
     os.makedirs(job.test_dir)
     open(os.path.join(job.test_dir, "metrics.json"), "w").close()
     assert run_all.planned_steps(job) == []
