@@ -51,7 +51,7 @@ from engine import (PredictorRunner, export_layer, make_predictor,
 from metrics import PAPER_THRESHOLDS, loc_auc_paper
 from network import build_cloner
 from test_functions import MapGenerator, evaluate, make_scorer
-from train import Trainer
+from train import FINAL_MODEL, Trainer
 from utils.config import build_config
 from utils.demo_data import make_demo_category
 from utils.device import cpu_thread_count, setup_device
@@ -433,8 +433,7 @@ def main(argv=None) -> None:
                 _timed(lambda: [run_predictor(predictor, image[None]) for image in images])
                 for _ in range(args.repeats))
 
-        model_path = os.path.join(trainer.model_dir, "final_model.pdparams")
-        trainer.save_model("final_model.pdparams", 0, {"selection": "benchmark"})
+        model_path = trainer.save_model(FINAL_MODEL, 0, {"selection": "benchmark"})
         memory = memory_runs(args, work, model_path, config) if args.memory_images else {}
 
     n_test, n_defect = len(test_loader.dataset), len(defective)

@@ -205,12 +205,14 @@ class Trainer:
                 os.remove(weights_path(self.model_dir, stem, other))
         return path
 
-    def save_model(self, name: str, epoch: int, extra: dict) -> None:
+    def save_model(self, name: str, epoch: int, extra: dict) -> str:
+        """The cloner as <name>.<weights_format>, with its .json (threshold, epoch); its path."""
         path = self.save_weights(self.cloner, name)
         info = {"epoch": epoch, **extra, **image_threshold(score_cached(self.cloner,
                                                                           self.train_cache,
                                                                           self.config))}
         save_model_info(path, info)
+        return path
 
     def training_state(self, epoch: int) -> dict:
         return _numpy_tree({"cloner": self.cloner.state_dict(),
