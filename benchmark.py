@@ -37,6 +37,7 @@ import tempfile
 import time
 from typing import Callable, Dict, List
 
+import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import cv2
 import numpy as np
 import paddle
@@ -55,6 +56,7 @@ from train import FINAL_MODEL, Trainer
 from utils.config import build_config
 from utils.demo_data import make_demo_category
 from utils.device import cpu_thread_count, setup_device
+from utils.files import atomic_write_text
 from vgg import Expert, StagedFeatures
 
 # Measured elsewhere on a 2-core machine: 40 train / 30 test / 20 defective images, 128 px,
@@ -446,8 +448,7 @@ def main(argv=None) -> None:
     text = format_report(report)
     print(text)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as stream:
-            stream.write(text + "\n")
+        atomic_write_text(args.output, text + "\n")
 
 
 def _ratio(slow: float, fast: float) -> str:

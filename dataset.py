@@ -38,7 +38,7 @@ def open_image(path: str) -> Image.Image:
         raise UserError(f"cannot read image {path}: {error or type(error).__name__}") from None
 
 
-def _converted(path: str, mode: str) -> Image.Image:
+def read_image(path: str, mode: str = "RGB") -> Image.Image:
     """The image at `path` in `mode` ('RGB' or 'L'), through RGB when Pillow has no direct
     conversion (e.g. LAB to L); a colour mode it cannot convert at all is an error naming the
     file."""
@@ -64,13 +64,13 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 def load_image(path: str, img_size: int) -> np.ndarray:
     """[3, img_size, img_size] float32 in [0, 1]."""
-    image = _converted(path, "RGB").resize((img_size, img_size), Image.BILINEAR)
+    image = read_image(path, "RGB").resize((img_size, img_size), Image.BILINEAR)
     return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)
 
 
 def load_mask(path: str, img_size: int) -> np.ndarray:
     """[img_size, img_size] float32 in [0, 1] (any size of mask is resized like the image)."""
-    mask = _converted(path, "L").resize((img_size, img_size), Image.BILINEAR)
+    mask = read_image(path, "L").resize((img_size, img_size), Image.BILINEAR)
     return np.asarray(mask, dtype=np.float32) / 255.0
 
 

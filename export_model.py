@@ -10,12 +10,14 @@ infer.py needs nothing else.
 """
 import argparse
 import os
+import tempfile
 
+import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import paddle
 
 from anomaly_map import EXPORTABLE_METHODS, AnomalyMapModel
 from engine import export_layer, find_model_file
-from test import load_model, resolve_model
+from trained_model import load_model, resolve_model
 from utils.checkpoint import load_model_info
 from utils.config import add_config_args
 from utils.errors import UserError, report_user_errors
@@ -80,10 +82,15 @@ def export(args: argparse.Namespace, log=print) -> str:
     layer = AnomalyMapModel(expert, cloner, config["lamda"], method, config["direction_loss_only"])
     prefix = os.path.join(args.save_dir, MODEL_PREFIX)
     os.makedirs(args.save_dir, exist_ok=True)
-    for suffix in (".json", ".pdmodel", ".pdiparams"):  # never leave a stale graph beside it
-        if os.path.isfile(prefix + suffix):
-            os.remove(prefix + suffix)
-    model_file = export_layer(layer, prefix, [3, size, size])
+    # export into a scratch folder first: a failed export leaves the previous model as it was
+    with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=args.save_dir) as scratch:
+        exported = export_layer(layer, os.path.join(scratch, MODEL_PREFIX), [3, size, size])
+        for suffix in (".json", ".pdmodel", ".pdiparams"):  # never leave a stale graph beside it
+            if os.path.isfile(prefix + suffix):
+                os.remove(prefix + suffix)
+        os.replace(os.path.join(scratch, MODEL_PREFIX + ".pdiparams"), prefix + ".pdiparams")
+        model_file = prefix + os.path.splitext(exported)[1]
+        os.replace(exported, model_file)
     info = export_info(config, method, model_path, find_model_file(prefix))
     info_file = write_export_info(args.save_dir, info)
     if info["image_threshold"] is None:

@@ -12,6 +12,7 @@ import os
 import time
 from typing import List, Tuple
 
+import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import numpy as np
 
 from dataset import load_image

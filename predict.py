@@ -11,12 +11,13 @@ image size and expert come from the checkpoint's saved config.
 import argparse
 import os
 
+import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import numpy as np
 
 from dataloader import eval_batch_size
 from dataset import load_image
-from test import load_model, resolve_model
 from test_functions import MapGenerator
+from trained_model import load_model, resolve_model
 from utils.checkpoint import info_path, load_model_info
 from utils.config import LOCALIZATION_METHODS, add_config_args
 from utils.device import setup_device

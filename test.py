@@ -18,57 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from dataloader import build_test_loader, input_size
-from network import load_cloner
 from test_functions import Evaluation, MapGenerator, evaluate, evaluation_metrics, make_scorer
+from trained_model import add_model_args, load_model, resolve_model
 from utils import plots
-from utils.checkpoint import find_weights
-from utils.config import add_config_args, config_from_args, load_saved_config, parse_override
 from utils.device import setup_device
-from utils.errors import UserError, report_user_errors
+from utils.errors import report_user_errors
 from utils.files import atomic_write, atomic_write_text
 from utils.logger import get_logger
-from vgg import build_expert
-
-# Settings that define a trained model: taken from its saved config unless given with -o.
-MODEL_KEYS = ("pretrain", "vgg_weights", "equal_network_size", "use_bias", "mvtec_img_size",
-              "lamda", "direction_loss_only")
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    add_config_args(parser)
-    parser.add_argument("--model_path", default=None,
-                        help="cloner checkpoint (default: <save_dir>/<class>/final_model.pdparams "
-                             "or .safetensors)")
-
-
-def resolve_model(args):
-    """(config, model_path): the run's config with the model's saved settings applied."""
-    model_path = args.model_path
-    if model_path is None:
-        config = config_from_args(args)
-        model_path = find_weights(os.path.join(config["save_dir"], str(config["normal_class"])),
-                                  "final_model", config["weights_format"])
-    if not os.path.isfile(model_path):
-        raise UserError(f"model not found: {model_path} (train first, or pass --model_path)")
-    saved_path = os.path.join(os.path.dirname(model_path), "config.yaml")
-    if not os.path.isfile(saved_path):
-        return config_from_args(args), model_path
-    saved = load_saved_config(saved_path)
-    config = config_from_args(args, base=saved)
-    explicit = {parse_override(text)[0] for text in args.override}
-    config.update({key: saved[key] for key in MODEL_KEYS if key not in explicit})
-    return config, model_path
-
-
-def load_model(config: dict, model_path: str, log=print):
-    """(expert, cloner, config): the cloner rebuilt with the architecture stored in its file."""
-    cloner, resolved = load_cloner(model_path, config)
-    for key in ("equal_network_size", "use_bias"):
-        if resolved[key] != config[key]:
-            log(f"note: {model_path} holds a cloner with {key}: {resolved[key]}; using that")
-    expert = build_expert(resolved, model_dir=os.path.dirname(model_path))
-    return expert, cloner, resolved
-
 
 def write_scores_csv(path: str, paths, labels, scores) -> None:
     def write(tmp):

@@ -1,5 +1,4 @@
 """Pictures of a test run: image ROC curve, example anomaly maps, training curves (Agg)."""
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import matplotlib
@@ -10,14 +9,16 @@ from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+from utils.files import atomic_write  # noqa: E402
+
 ROC_FILE, EXAMPLES_FILE, TRAINING_FILE = "roc_curve.png", "anomaly_maps.png", "training_curves.png"
 MAP_COLORS = "jet"
 DPI = 100
 
 
 def _save(figure, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=DPI,
+                                                  bbox_inches="tight"))
     plt.close(figure)
     return path
 

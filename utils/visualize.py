@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 from PIL import Image
 
-from dataset import _to_8bit, open_image
+from dataset import read_image
+from utils.files import atomic_write
 from utils.predictions import Prediction
 
 MAX_DISPLAY_SIDE = 1024  # larger inputs are shown downscaled
@@ -33,7 +34,7 @@ def _panel_boxes(aspect: float):
 
 def display_image(path: str) -> np.ndarray:
     """[H, W, 3] uint8: the image as the model reads it (RGB, 16-bit scaled), not resized."""
-    image = _to_8bit(open_image(path)).convert("RGB")
+    image = read_image(path, "RGB")
     image.thumbnail((MAX_DISPLAY_SIDE, MAX_DISPLAY_SIDE), Image.BILINEAR)
     return np.asarray(image)
 
@@ -82,5 +83,5 @@ def save_prediction_figure(path: str, image: np.ndarray, anomaly_map: np.ndarray
                     f"threshold {prediction.threshold:.4g} -> {prediction.verdict.upper()}",
                     color="tab:red" if prediction.anomalous else "tab:green", fontsize=13,
                     y=1.0 - 0.12 / size[1], verticalalignment="top")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, pil_kwargs={"compress_level": 1})  # fast; PNG stays lossless
+    atomic_write(path, lambda tmp: figure.savefig(  # compress_level 1: fast, PNG stays lossless
+        tmp, format="png", pil_kwargs={"compress_level": 1}))
