@@ -19,6 +19,19 @@ def tiny_category(root: str, category: str = "demo") -> str:
     return os.path.join(root, category)
 
 
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> str:
+    """A data root holding the tiny category 'demo'."""
+    root = str(tmp_path_factory.mktemp("data"))
+    tiny_category(root)
+    return root
+
+
+def model_dir(out) -> str:
+    """Where a run configured by write_config(..., out) saves its models."""
+    return os.path.join(str(out), "models", "demo")
+
+
 def write_config(path: str, root: str, out: str, **values) -> str:
     """A YAML config for the tiny category; `values` override its keys."""
     config = dict(dataset_name="folder", dataset_root=root, normal_class="demo",

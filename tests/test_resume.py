@@ -15,7 +15,8 @@ import pytest
 import train as train_script
 from conftest import ROOT
 from network import Cloner
-from script_helpers import error_line, run_main, run_script, tiny_category, write_config
+from script_helpers import (data_root, error_line, model_dir, run_main, run_script,  # noqa: F401
+                            write_config)
 from utils import checkpoint
 from utils.checkpoint import (load_training_state, read_state_dict, save_model_info,
                               save_state_dict, save_training_state)
@@ -25,17 +26,6 @@ from utils.files import atomic_write_text
 from vgg import Expert
 
 NUM_EPOCHS = 20  # epochs 0..20: long enough to be stopped part way
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("data"))
-    tiny_category(root)
-    return root
-
-
-def model_dir(out) -> str:
-    return os.path.join(str(out), "models", "demo")
 
 
 @pytest.fixture(scope="module")

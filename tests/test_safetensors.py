@@ -11,20 +11,9 @@ import pytest
 import test as test_script
 import train as train_script
 from network import Cloner
-from script_helpers import error_line, run_main, tiny_category, write_config
+from script_helpers import data_root, error_line, model_dir, run_main, write_config  # noqa: F401
 from utils.checkpoint import load_training_state, read_state_dict, save_state_dict
 from utils.convert_weights import main as convert_main
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("data"))
-    tiny_category(root)
-    return root
-
-
-def model_dir(out) -> str:
-    return os.path.join(str(out), "models", "demo")
 
 
 def same_arrays(a: dict, b: dict) -> bool:
