@@ -1,5 +1,6 @@
 """Pixel ROC-AUC and AUPRO: the same values as the reference implementation below, with a few
-bytes per pixel of extra memory where the reference needed 70-90.
+bytes per pixel of extra memory where the reference needed 70-90; the paper's localization AUC
+with memory that does not grow with the number of maps.
 
 REFERENCE: `reference_pixel_auroc` and `reference_pro_curve` are a verbatim copy of the earlier
 metrics.py code (sklearn's roc_auc_score on float64, float64 step arrays per pixel). They are kept
@@ -13,8 +14,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from metrics import (AUPRO_FPR_LIMIT, REGION_CONNECTIVITY, area_up_to, aupro, binarize_masks,
-                     pixel_auroc, pro_curve)
+from metrics import (AUPRO_FPR_LIMIT, REGION_CONNECTIVITY, PaperLocalizationAUC, area_up_to,
+                     aupro, binarize_masks, loc_auc_paper, pixel_auroc, pro_curve)
 
 
 # ---- REFERENCE: the earlier implementation, unchanged -------------------------------------
@@ -149,12 +150,12 @@ def large_case() -> Tuple[np.ndarray, np.ndarray]:
     return maps, masks
 
 
-def extra_bytes_per_pixel(metric: Callable, maps: np.ndarray, masks: np.ndarray) -> float:
-    """Peak of the NumPy allocations made by metric(maps, masks), per pixel."""
+def peak_bytes(metric: Callable, *args) -> int:
+    """Peak of the NumPy allocations made by metric(*args)."""
     tracemalloc.start()
     try:
-        metric(maps, masks)
-        return tracemalloc.get_traced_memory()[1] / maps.size
+        metric(*args)
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
@@ -164,6 +165,15 @@ def extra_bytes_per_pixel(metric: Callable, maps: np.ndarray, masks: np.ndarray)
 def test_extra_memory_is_a_few_bytes_per_pixel(metric, reference):
     maps, masks = large_case()
     assert metric(maps, masks) == pytest.approx(reference(maps, masks), abs=1e-12)
-    new, old = (extra_bytes_per_pixel(m, maps, masks) for m in (metric, reference))
+    new, old = (peak_bytes(m, maps, masks) / maps.size for m in (metric, reference))
     print(f"{metric.__name__}: {new:.1f} bytes per pixel, reference {old:.1f}")
     assert new < MAX_BYTES_PER_PIXEL < old
+
+
+def test_paper_auc_memory_does_not_grow_with_the_maps():
+    maps, masks = large_case()
+    small, large = (peak_bytes(loc_auc_paper, maps[:n], masks[:n]) for n in (20, 60))
+    print(f"loc_auc_paper: {small / 2**20:.1f} MB on 20 maps, {large / 2**20:.1f} MB on 60")
+    assert large < 1.2 * small
+    whole = PaperLocalizationAUC()  # one update for all maps: it grows, the test can see it
+    assert peak_bytes(whole.update, maps, masks) > 2 * large
