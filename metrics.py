@@ -11,6 +11,8 @@ The standard metrics use every test image (good ones too) with masks binarised a
 pixel ROC-AUC over all pixels, and AUPRO as in the MVTec AD evaluation protocol (Bergmann et al.,
 IJCV 2021): the mean overlap of the thresholded map with each connected defect region (8-connected)
 against the false-positive rate on defect-free pixels, integrated up to FPR 0.3 and divided by 0.3.
+Both are exact, and need little memory beyond the maps and masks: the binarised masks (a byte per
+pixel) and a sorted copy of the defect-free pixels' values, in the maps' dtype.
 """
 from typing import Tuple
 
@@ -23,6 +25,7 @@ from utils.errors import UserError
 
 PAPER_THRESHOLDS = np.array([0.001 * i for i in range(1000)])
 OPENING_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+PAPER_AUC_CHUNK = 16  # maps per update in loc_auc_paper: its memory does not grow with N
 MASK_LEVEL = 0.5  # a resized (soft) mask pixel is a defect pixel from this value on
 AUPRO_FPR_LIMIT = 0.3
 REGION_CONNECTIVITY = np.ones((3, 3), dtype=int)  # 8-connected, as the MVTec AD evaluation code
@@ -80,7 +83,8 @@ class PaperLocalizationAUC:
 def loc_auc_paper(maps: np.ndarray, masks: np.ndarray) -> float:
     """The paper's localization AUC of defective images' maps [N, H, W] against masks."""
     metric = PaperLocalizationAUC()
-    metric.update(maps, masks)
+    for start in range(0, len(maps), PAPER_AUC_CHUNK):
+        metric.update(maps[start:start + PAPER_AUC_CHUNK], masks[start:start + PAPER_AUC_CHUNK])
     return metric.compute()
 
 
@@ -103,40 +107,70 @@ def binarize_masks(masks: np.ndarray) -> np.ndarray:
     return np.asarray(masks) >= MASK_LEVEL
 
 
+def _normal_values(maps: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The map values of the defect-free pixels, sorted ascending (a copy in the maps' dtype)."""
+    values = maps[~truth]
+    values.sort()
+    return values
+
+
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
     """ROC-AUC of all pixels of all test images [N, H, W]; nan without defect or normal pixels."""
-    truth = binarize_masks(masks).ravel()
-    if truth.all() or not truth.any():
+    # the Mann-Whitney statistic: the fraction of (defect, defect-free) pixel pairs in which the
+    # defect pixel has the larger value, ties counting 1/2, by binary searches of the defect
+    # pixels' values in the sorted defect-free values
+    maps = np.asarray(maps)
+    truth = binarize_masks(masks)
+    defect = maps[truth]
+    if defect.size in (0, truth.size):
         return float("nan")
-    return float(roc_auc_score(truth, np.asarray(maps, dtype=np.float64).ravel()))
+    normal = _normal_values(maps, truth)
+    if not (np.isfinite(normal[[0, -1]]).all() and np.isfinite(defect).all()):
+        raise ValueError("pixel ROC-AUC needs finite map values")
+    below = int(np.searchsorted(normal, defect, side="left").sum())
+    below_or_tied = int(np.searchsorted(normal, defect, side="right").sum())
+    return (below + below_or_tied) / (2 * defect.size * normal.size)
+
+
+def _defect_pixels(maps: np.ndarray, truth: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    """(map values, 1 / size of their region) of the defect pixels, and the number of regions."""
+    values, weights, regions = [], [], 0
+    for image, mask in zip(maps, truth):
+        labelled, count = ndimage.label(mask, structure=REGION_CONNECTIVITY)
+        sizes = np.bincount(labelled.ravel())
+        values.append(image[mask])
+        weights.append(1.0 / sizes[labelled[mask]])
+        regions += count
+    return np.concatenate(values), np.concatenate(weights), regions
 
 
 def pro_curve(maps: np.ndarray, masks: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The exact (FPR, PRO) curve over all thresholds, from (0, 0) to (1, 1).
-
-    A pixel is positive when its map value >= the threshold. Sorting all pixels by value, each
-    defect-free pixel moves FPR by 1 / (number of defect-free pixels) and each pixel of region r
-    moves PRO by 1 / (number of regions * size of r); tied values form one point."""
-    maps = np.asarray(maps, dtype=np.float64)
-    fpr_step = np.zeros(maps.shape)
-    pro_step = np.zeros(maps.shape)
-    regions = 0
-    for i, mask in enumerate(binarize_masks(masks)):
-        labelled, count = ndimage.label(mask, structure=REGION_CONNECTIVITY)
-        sizes = np.bincount(labelled.ravel())
-        fpr_step[i] = labelled == 0
-        pro_step[i] = np.where(labelled > 0, 1.0 / sizes[labelled], 0.0)
-        regions += count
-    normal = fpr_step.sum()
-    if regions == 0 or normal == 0:
+    """The exact (FPR, PRO) curve over all thresholds "map >= t", from (0, 0) to (1, 1)."""
+    # FPR(t): the fraction of defect-free pixels >= t. PRO(t): the sum over the defect pixels
+    # >= t of 1 / (number of regions * size of the pixel's region), so it changes only at defect
+    # pixels' values; thresholds passing defect-free pixels only lie on horizontal runs, and the
+    # points inside a run are left out (no area changes). Kept: the point at each distinct
+    # defect value and, when the next threshold above it passes defect-free pixels only, the
+    # point there (the end of a run), the same numbers as at those thresholds in the full curve.
+    maps = np.asarray(maps)
+    truth = binarize_masks(masks)
+    defect, weights, regions = _defect_pixels(maps, truth)
+    normal = _normal_values(maps, truth)
+    if regions == 0 or normal.size == 0:
         raise ValueError("the PRO curve needs defect regions and defect-free pixels")
-    order = np.argsort(-maps.ravel(), kind="stable")
-    values = maps.ravel()[order]
-    fpr = np.cumsum(fpr_step.ravel()[order]) / normal
-    pro = np.cumsum(pro_step.ravel()[order]) / regions
-    last_of_tie = np.append(np.diff(values) != 0, True)
-    fpr = np.clip(fpr[last_of_tie], 0.0, 1.0)
-    pro = np.clip(pro[last_of_tie], 0.0, 1.0)
+    order = np.argsort(-defect, kind="stable")
+    defect, pro = defect[order], np.cumsum(weights[order]) / regions
+    last_of_tie = np.append(np.diff(defect) != 0, True)
+    levels, pro = defect[last_of_tie], pro[last_of_tie]  # distinct defect values, descending
+    pro_above = np.concatenate([[0.0], pro[:-1]])  # PRO at the next threshold above each level
+    passed = normal.size - np.searchsorted(normal, levels, side="left")  # normal >= level
+    passed_above = normal.size - np.searchsorted(normal, levels, side="right")  # normal > level
+    # defect-free values strictly between a level and the level above: a point just above it
+    gap = passed_above > np.concatenate([[0], passed[:-1]])
+    keep = np.stack([gap, np.ones_like(gap)], axis=1).ravel()
+    fpr = np.stack([passed_above, passed], axis=1).ravel()[keep] / normal.size
+    pro = np.stack([pro_above, pro], axis=1).ravel()[keep]
+    pro = np.clip(pro, 0.0, 1.0)
     return np.concatenate([[0.0], fpr, [1.0]]), np.concatenate([[0.0], pro, [1.0]])
 
 
