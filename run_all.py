@@ -11,20 +11,22 @@ metrics.json exists is skipped altogether, whatever the overrides (use another -
 compare settings). After every category the tables are rewritten:
 <results_dir>/<dataset>_results.md and <results_dir>/<dataset>_results.json.
 
-One category is one call of `run_category(job)`, a function of the job alone: running categories
-in parallel (one process per GPU with CUDA_VISIBLE_DEVICES in `env`, or per group of CPU cores
-with -o cpu_threads=N) only needs a pool that maps it over the jobs.
+Several categories at once: `--gpus 0,1,2,3` runs one category per GPU (CUDA_VISIBLE_DEVICES),
+`--jobs N` runs N categories on the CPU, each with its share of the cores (cpu_threads); the
+children's output then goes to <log_dir>/<category>_console.log. Ctrl-C or SIGTERM is passed to
+the running scripts, which save their state; the next run resumes them.
 """
 import argparse
 import json
 import os
-import subprocess
 import sys
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+import threading
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
-
+import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 from utils.checkpoint import find_weights
+from utils.children import Children, Slot, make_slots, run_in_slots, usable_cores
 from utils.config import MVTEC_CATEGORIES, build_config
 from utils.errors import UserError, report_user_errors
 from utils.files import atomic_write_text
@@ -44,7 +46,6 @@ class Job:
     test_dir: str  # where test.py writes (<results_dir>/<dataset>/<category>)
     log_dir: str
     dataset_root: Optional[str] = None
-    env: Dict[str, str] = field(default_factory=dict)  # e.g. CUDA_VISIBLE_DEVICES
 
 
 def category_override(category) -> str:
@@ -100,12 +101,13 @@ def planned_steps(job: Job) -> List[str]:
     return ["train", "test"]
 
 
-def script_command(job: Job, step: str) -> List[str]:
-    """The train.py / test.py command line of one step."""
+def script_command(job: Job, step: str, slot: Slot = Slot("CPU")) -> List[str]:
+    """The train.py / test.py command line of one step (the slot's overrides before the
+    user's, so that an explicit -o wins)."""
     args = ["--config", job.config_path, "-o", category_override(job.category)]
     if job.dataset_root:
         args += ["--dataset_root", job.dataset_root]
-    for override in job.overrides:
+    for override in (*slot.overrides, *job.overrides):
         args += ["-o", override]
     if step == "test":
         return [sys.executable, os.path.join(HERE, "test.py"), *args, "--model_path",
@@ -115,18 +117,27 @@ def script_command(job: Job, step: str) -> List[str]:
     return [sys.executable, os.path.join(HERE, "train.py"), *args]
 
 
-def run_category(job: Job, run: Optional[Callable] = None) -> dict:
+def console_log(job: Job) -> str:
+    """Where a child's terminal output goes when several categories run at once."""
+    return os.path.join(job.log_dir, f"{job.category}_console.log")
+
+
+def run_category(job: Job, slot: Slot = Slot("CPU"), run: Optional[Callable] = None) -> dict:
     """Train (or resume) and test one category; returns {'category', 'status', 'metrics',
-    'error'} with status 'done', 'skipped' or 'failed'. `run` runs a command (subprocess.run)."""
-    run = run or subprocess.run
+    'error'} with status 'done', 'skipped' or 'failed'. `run(command, env, output)` runs a
+    command and returns its exit status (Children.run)."""
+    run = run or Children().run
     steps = planned_steps(job)
+    output = console_log(job) if slot.own_output else None
+    if output:
+        os.makedirs(job.log_dir, exist_ok=True)
     for step in steps:
-        completed = run(script_command(job, step), env={**os.environ, **job.env})
-        if completed.returncode != 0:
+        status = run(script_command(job, step, slot), {**os.environ, **dict(slot.env)}, output)
+        if status != 0:
             kind = "test" if step == "test" else "train"
-            log = os.path.join(job.log_dir, f"{job.category}_{kind}.log")
+            log = output or os.path.join(job.log_dir, f"{job.category}_{kind}.log")
             return {"category": job.category, "status": "failed", "metrics": None,
-                    "error": f"{kind}.py exited with status {completed.returncode} (see {log})"}
+                    "error": f"{kind}.py exited with status {status} (see {log})"}
     with open(os.path.join(job.test_dir, METRICS_FILE), encoding="utf-8") as stream:
         metrics = json.load(stream)
     return {"category": job.category, "status": "done" if steps else "skipped",
@@ -160,12 +171,31 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tables go here, each category's test output under <dataset>/")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="config override passed to train.py and test.py (repeatable)")
+    parser.add_argument("--gpus", default=None,
+                        help="run one category per GPU at a time, e.g. 0,1,2,3")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="without --gpus: categories run at once on the CPU, each with its "
+                             "share of the cores (default 1)")
     return parser.parse_args(argv)
+
+
+def parse_gpus(text: Optional[str]) -> Optional[List[str]]:
+    if text is None:
+        return None
+    gpus = [gpu.strip() for gpu in text.split(",") if gpu.strip()]
+    if not gpus or not all(gpu.isdigit() for gpu in gpus) or len(set(gpus)) != len(gpus):
+        raise UserError(f"--gpus must list distinct GPU numbers like 0,1,2,3, got '{text}'")
+    from utils.device import gpu_available  # imports Paddle: only when GPUs are asked for
+    if not gpu_available():
+        raise UserError("--gpus needs paddlepaddle-gpu and a visible GPU; use --jobs N to run "
+                        "several categories on the CPU")
+    return gpus
 
 
 @report_user_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
+    slots = make_slots(parse_gpus(args.gpus), args.jobs, usable_cores())
     base = build_config(files=[args.config], overrides=(
         [f"dataset_root={args.dataset_root}"] if args.dataset_root else []) + args.override)
     dataset = base["dataset_name"]
@@ -174,21 +204,41 @@ def main(argv=None) -> None:
     if not categories:
         raise UserError(f"no categories to run in {base['dataset_root']}")
     jobs = make_jobs(args.config, args.override, categories, args.results_dir, args.dataset_root)
+    if len(slots) > 1 and base["pretrain"] and base["vgg_weights"] == "imagenet":
+        from vgg import imagenet_weights_path  # download once here, not in every child at once
+        imagenet_weights_path()
     setup = {"config": args.config, "overrides": args.override,
              "model": "final_model (the model after the last epoch)"}
-    outcomes = []
-    for number, job in enumerate(jobs, 1):
-        print(f"[{number}/{len(jobs)}] {job.category}: "
-              + (", ".join(planned_steps(job)) or "finished before, skipped"), flush=True)
-        outcome = run_category(job)
-        if outcome["error"]:
-            print(f"[{number}/{len(jobs)}] {job.category} failed: {outcome['error']}", flush=True)
-        outcomes.append(outcome)
-        table = write_results(args.results_dir, dataset, outcomes + [
-            {"category": j.category, "status": "pending", "metrics": None, "error": None}
-            for j in jobs[number:]], setup)
+    outcomes = {}
+    numbers = {id(job): number for number, job in enumerate(jobs, 1)}
+    printing = threading.Lock()  # whole lines from the slots' threads
+
+    def run_one(job: Job, slot: Slot) -> dict:
+        steps = planned_steps(job)
+        with printing:
+            print(f"[{numbers[id(job)]}/{len(jobs)}] {job.category}: "
+                  + (", ".join(steps) or "finished before, skipped")
+                  + (f" on {slot.name}, output in {console_log(job)}" if slot.own_output and steps
+                     else ""), flush=True)
+        return run_category(job, slot, children.run)
+
+    def on_done(job: Job, outcome: dict) -> None:
+        prefix = f"[{numbers[id(job)]}/{len(jobs)}] {job.category}"
+        with printing:
+            if outcome["error"]:
+                print(f"{prefix} failed: {outcome['error']}", flush=True)
+            elif len(slots) > 1 and outcome["status"] == "done":
+                print(f"{prefix} done", flush=True)
+        outcomes[id(job)] = outcome
+        write_results(args.results_dir, dataset, [outcomes.get(id(j), {
+            "category": j.category, "status": "pending", "metrics": None, "error": None})
+            for j in jobs], setup)
+
+    children = Children()
+    run_in_slots(jobs, slots, run_one, on_done, children)
+    table = os.path.join(args.results_dir, f"{dataset}_results.md")
     print(f"wrote {table} and {os.path.splitext(table)[0]}.json")
-    failed = [str(o["category"]) for o in outcomes if o["status"] == "failed"]
+    failed = [str(o["category"]) for o in outcomes.values() if o["status"] == "failed"]
     if failed:
         print(f"error: {len(failed)} of {len(jobs)} categories failed: {', '.join(failed)}",
               file=sys.stderr)

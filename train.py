@@ -34,12 +34,12 @@ from utils.checkpoint import (load_state_strict, load_training_state, save_model
 from utils.config import WEIGHTS_FORMATS, add_config_args, config_from_args, save_config
 from utils.device import setup_device, use_training_threads
 from utils.distributed import broadcast_seed, broadcast_weights, mean_over_ranks
-from utils.errors import INTERRUPTED_EXIT, UserError, report_user_errors
+from utils.errors import UserError, report_user_errors, stop_exit, stop_word
 from utils.files import atomic_write_text
 from utils.logger import get_logger
 from utils.optimizer_state import portable_optimizer_state, restore_optimizer_state
 from utils.seed import epoch_order_seed, resolve_seed, seed_everything
-from vgg import EXPERT_STEM, build_expert
+from vgg import EXPERT_STEM, build_expert, check_expert, expert_fingerprint, expert_source
 
 # weights files are <stem>.pdparams or <stem>.safetensors (`weights_format`)
 FINAL_MODEL, BEST_MODEL, LAST_STATE = "final_model", "best_model", "last.pdckpt"
@@ -112,6 +112,11 @@ class Trainer:
         self.expert = build_expert(config, self.model_dir if resumed else None)
         if self.world > 1:  # every rank must build the same expert outputs
             broadcast_weights(self.expert)
+        self.expert_fingerprint = expert_fingerprint(self.expert)
+        if resumed:
+            check_expert(self.expert, self.state.get("expert_fingerprint"),
+                         os.path.join(self.model_dir, LAST_STATE),
+                         expert_source(config, self.model_dir))
         self.cloner = build_cloner(config)
         if resumed:
             load_state_strict(self.cloner, self.state["cloner"], LAST_STATE)
@@ -208,9 +213,9 @@ class Trainer:
     def save_model(self, name: str, epoch: int, extra: dict) -> str:
         """The cloner as <name>.<weights_format>, with its .json (threshold, epoch); its path."""
         path = self.save_weights(self.cloner, name)
-        info = {"epoch": epoch, **extra, **image_threshold(score_cached(self.cloner,
-                                                                          self.train_cache,
-                                                                          self.config))}
+        threshold = image_threshold(score_cached(self.cloner, self.train_cache, self.config))
+        info = {"epoch": epoch, **extra, "expert_fingerprint": self.expert_fingerprint,
+                **threshold}
         save_model_info(path, info)
         return path
 
@@ -218,7 +223,8 @@ class Trainer:
         return _numpy_tree({"cloner": self.cloner.state_dict(),
                             "optimizer": portable_optimizer_state(self.optimizer, self.cloner),
                             "epoch": epoch,
-                            "history": self.history, "best": self.best, "config": self.config})
+                            "history": self.history, "best": self.best, "config": self.config,
+                            "expert_fingerprint": self.expert_fingerprint})
 
     def save_state(self, state: dict) -> None:
         save_training_state(os.path.join(self.model_dir, LAST_STATE), state)
@@ -271,11 +277,11 @@ class Trainer:
             raise Diverged(f"{error}; training stopped and the models saved before are kept; "
                            f"{self.kept_state()}, or start again with a lower learning_rate") \
                 from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (utils/errors.py)
             if self.main and unsaved is not None:
                 self.save_state(unsaved)
-            self.log.info(f"interrupted: {self.kept_state()}")
-            sys.exit(INTERRUPTED_EXIT)
+            self.log.info(f"{stop_word(stop)}: {self.kept_state()}")
+            sys.exit(stop_exit(stop))
         if self.main and last_epoch >= self.start_epoch:
             self.save_model(FINAL_MODEL, last_epoch, {"selection": "final epoch"})
             final_path = weights_path(self.model_dir, FINAL_MODEL, config["weights_format"])

@@ -4,10 +4,10 @@ import argparse
 import os
 
 from network import load_cloner
-from utils.checkpoint import find_weights
+from utils.checkpoint import find_weights, load_model_info
 from utils.config import add_config_args, config_from_args, load_saved_config, parse_override
 from utils.errors import UserError
-from vgg import build_expert
+from vgg import build_expert, check_expert, expert_source
 
 # Settings that define a trained model: taken from its saved config unless given with -o.
 MODEL_KEYS = ("pretrain", "vgg_weights", "equal_network_size", "use_bias", "mvtec_img_size",
@@ -46,5 +46,8 @@ def load_model(config: dict, model_path: str, log=print):
     for key in ("equal_network_size", "use_bias"):
         if resolved[key] != config[key]:
             log(f"note: {model_path} holds a cloner with {key}: {resolved[key]}; using that")
-    expert = build_expert(resolved, model_dir=os.path.dirname(model_path))
+    model_dir = os.path.dirname(model_path)
+    expert = build_expert(resolved, model_dir=model_dir)
+    check_expert(expert, load_model_info(model_path).get("expert_fingerprint"), model_path,
+                 expert_source(resolved, model_dir))
     return expert, cloner, resolved

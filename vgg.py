@@ -2,9 +2,11 @@
 
 Both networks are VGG-shaped, so the layer builder and the four named stage outputs live here too.
 """
+import hashlib
 import os
 from typing import List
 
+import numpy as np
 import paddle
 from paddle import nn
 from paddle.utils.download import WEIGHTS_HOME, get_weights_path_from_url
@@ -78,6 +80,35 @@ class Expert(StagedFeatures):
 
     def train(self):  # nothing in it behaves differently in training; keep it in eval mode
         return self
+
+
+def expert_fingerprint(expert: Expert) -> str:
+    """A digest of the expert's weights. Checkpoints record it, so that a cloner is never scored
+    against an expert other than the one it was trained to copy (same value in either file
+    format, on CPU and GPU)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, value in expert.state_dict().items():
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(value.numpy(), dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def expert_source(config: dict, model_dir: str = None) -> str:
+    """Where build_expert(config, model_dir) takes the expert's weights from, for messages."""
+    if not config["pretrain"]:
+        return (find_weights(model_dir, EXPERT_STEM, config["weights_format"]) if model_dir
+                else "a fresh random expert")
+    return "the ImageNet VGG16 weights" if config["vgg_weights"] == "imagenet" \
+        else config["vgg_weights"]
+
+
+def check_expert(expert: Expert, recorded: str, trained: str, source: str) -> None:
+    """A UserError when `expert` (loaded from `source`) is not the one whose fingerprint the
+    checkpoint `trained` recorded; checkpoints that recorded none are taken as they are."""
+    if recorded and recorded != expert_fingerprint(expert):
+        raise UserError(f"{trained} was trained against another expert than {source} (its "
+                        "weights differ: a later run reused the folder, or the expert's file "
+                        "changed); train again, or put back the expert it was trained with")
 
 
 def _features_only(state: dict) -> dict:

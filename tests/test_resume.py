@@ -12,6 +12,7 @@ import numpy as np
 import paddle
 import pytest
 
+import test as test_script
 import train as train_script
 from conftest import ROOT
 from network import Cloner
@@ -101,8 +102,12 @@ def epochs_logged(out) -> int:
         return 0
 
 
-def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, data_root, reference):
-    """With save_interval 100 only Ctrl-C's own save holds the epochs since epoch 0."""
+@pytest.mark.parametrize("stop, word, status", [(signal.SIGINT, "interrupted", 130),
+                                                 (signal.SIGTERM, "terminated", 143)])
+def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(tmp_path, data_root, reference, stop,
+                                                        word, status):
+    """With save_interval 100 only the stop's own save holds the epochs since epoch 0. SIGTERM is
+    what `kill`, job schedulers and pre-emptible machines send before killing."""
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
                           num_epochs=NUM_EPOCHS, eval_interval=3, save_interval=100)
     folder = model_dir(tmp_path)
@@ -114,13 +119,13 @@ def test_ctrl_c_saves_and_says_how_to_resume(tmp_path, data_root, reference):
     while epochs_logged(tmp_path) < logged:
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.005)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err
+    assert process.returncode == status, err
     assert "Traceback" not in err
     saved = load_training_state(os.path.join(folder, "last.pdckpt"))["epoch"]
     assert logged - 2 <= saved < NUM_EPOCHS  # the epoch being trained is lost, no more
-    assert f"interrupted: {os.path.join(folder, 'last.pdckpt')} holds epoch {saved}" in out
+    assert f"{word}: {os.path.join(folder, 'last.pdckpt')} holds epoch {saved}" in out
     assert "--resume" in out
     resumed = run_script(["train.py", "--config", config, "-o", "continue_train=true"])
     assert resumed.returncode == 0, resumed.stderr
@@ -351,3 +356,27 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.chmod(path, 0o640)
     atomic_write_text(path, "{}")
     assert os.stat(path).st_mode & 0o777 == 0o640
+
+
+def test_a_reused_folder_never_scores_with_another_expert(tmp_path, data_root, capsys):
+    """A new run in the same folder replaces the random expert at its start; until it has
+    overwritten them, the earlier run's checkpoints are still there, and they refuse that expert
+    instead of giving meaningless scores."""
+    config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
+                          num_epochs=1, eval_interval=1)
+    code, _, err = run_main(train_script.main, ["--config", config], capsys)
+    assert code == 0, err
+    folder = model_dir(tmp_path)
+    expert_path = os.path.join(folder, "expert.pdparams")
+    code, _, err = run_main(test_script.main, ["--config", config], capsys)
+    assert code == 0, err  # the expert it was trained with
+    paddle.seed(99)  # the next run's random expert
+    save_state_dict(Expert().state_dict(), expert_path)
+    for checkpoint_name, main, args in [
+            ("final_model.pdparams", test_script.main, []),
+            ("best_model.pdparams", test_script.main,
+             ["--model_path", os.path.join(folder, "best_model.pdparams")]),
+            ("last.pdckpt", train_script.main, ["--resume", "-o", "num_epochs=3"])]:
+        code, _, err = run_main(main, ["--config", config, *args], capsys)
+        assert (f"error: {os.path.join(folder, checkpoint_name)} was trained against another "
+                f"expert than {expert_path}") in error_line(code, err)

@@ -246,7 +246,7 @@ def test_real_command_lines_print_one_error_line(args, culprit):
     assert culprit in error_line(completed.returncode, completed.stderr)
 
 
-def test_ctrl_c_anywhere_is_one_line_and_exit_130(capsys):
+def test_ctrl_c_or_sigterm_anywhere_is_one_line_and_exit_130_or_143(capsys):
     @report_user_errors
     def interrupted():
         raise KeyboardInterrupt
@@ -263,12 +263,20 @@ def test_ctrl_c_anywhere_is_one_line_and_exit_130(capsys):
     def failing():
         raise SystemError("a real failure")
 
+    @report_user_errors
+    def terminated():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
     for main in (interrupted, mangled):
         code, _, err = run_main(lambda argv: main(), [], capsys)
         assert code == 130 and err == "interrupted\n"
+    code, _, err = run_main(lambda argv: terminated(), [], capsys)
+    assert code == 143 and err == "terminated\n"
     with pytest.raises(SystemError):
         failing()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 @settings(max_examples=120, deadline=None,

@@ -1,13 +1,23 @@
-"""run_all.py: every category trained and tested in its own process, resumable, and the tables."""
+"""run_all.py: every category trained and tested in its own process, resumable, several at once,
+stopped cleanly, and the tables."""
 import json
 import os
+import signal
 import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import yaml
 
 import run_all
+from conftest import ROOT
+from script_helpers import error_line, run_main
+from utils.children import Children, Slot, make_slots, run_in_slots
 from utils.demo_data import make_demo_category
+from utils.device import gpu_available
+from utils.errors import UserError
 from utils.results import MVTEC_COLUMNS, REPORTED, results_markdown
 
 
@@ -46,7 +56,7 @@ def test_runs_every_category_keeps_going_after_a_failure_and_resumes(tmp_path, m
 
     def no_process(*args, **kwargs):
         raise AssertionError(f"nothing should run again: {args}")
-    monkeypatch.setattr(subprocess, "run", no_process)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
     run_all.main(argv + ["--categories", "demo"])  # finished before: skipped, tables rewritten
     assert "[1/1] demo: finished before, skipped" in capsys.readouterr().out
     assert "broken" not in (results / "folder_results.md").read_text()
@@ -100,3 +110,138 @@ def test_partial_tables_say_how_many_categories_the_mean_covers():
     assert "Paper / reference code" not in text  # the reported means cover all 15
     assert "| This run | 100.00 | 50.00 | — | 75.00 (2/3) |" in text
     assert "Not run yet: zipper" in text
+
+
+def test_slots_are_one_per_gpu_or_a_share_of_the_cores():
+    assert make_slots(None, 1, 2) == [Slot("CPU")]  # one at a time: output on the terminal
+    two = make_slots(None, 2, 4)
+    assert [slot.overrides for slot in two] == [("cpu_threads=2",)] * 2
+    assert all(slot.own_output and not slot.env for slot in two)
+    gpus = make_slots(["0", "3"], 1, 2)
+    assert [dict(slot.env) for slot in gpus] == [{"CUDA_VISIBLE_DEVICES": "0"},
+                                                 {"CUDA_VISIBLE_DEVICES": "3"}]
+    assert all(slot.own_output and not slot.overrides for slot in gpus)
+    for jobs, cores, culprit in [(3, 2, "--jobs 3"), (0, 2, "--jobs")]:
+        with pytest.raises(UserError, match=culprit):
+            make_slots(None, jobs, cores)
+
+
+def test_slot_overrides_come_before_the_users():
+    job = run_all.Job(category="c", config_path="x.yaml", overrides=["cpu_threads=1"],
+                      model_dir="m", test_dir="t", log_dir="l")
+    command = run_all.script_command(job, "train", Slot("CPU", overrides=("cpu_threads=3",)))
+    assert command[-4:] == ["-o", "cpu_threads=3", "-o", "cpu_threads=1"]  # the last one wins
+
+
+def test_each_slot_runs_one_job_at_a_time_and_all_slots_are_used():
+    slots = make_slots(None, 3, 3)
+    lock, running, peak, done = threading.Lock(), [], [0], []
+
+    def run_one(job, slot):
+        with lock:
+            assert id(slot) not in running, "a slot is used twice"  # equal slots are distinct
+            running.append(id(slot))
+            peak[0] = max(peak[0], len(running))
+        time.sleep(0.05)
+        with lock:
+            running.remove(id(slot))
+        return job * 10
+
+    def on_done(job, result):
+        assert threading.current_thread() is threading.main_thread()
+        done.append((job, result))
+
+    run_in_slots(list(range(9)), slots, run_one, on_done, Children())
+    assert sorted(done) == [(job, job * 10) for job in range(9)]
+    assert peak[0] == 3
+
+
+@pytest.mark.skipif(gpu_available(), reason="this machine has a GPU")
+def test_gpus_on_a_machine_without_one_is_one_line(tmp_path, capsys):
+    config = os.path.join(ROOT, "configs", "demo.yaml")
+    code, _, err = run_main(run_all.main, ["--config", config, "--gpus", "0,1"], capsys)
+    assert "--gpus needs paddlepaddle-gpu" in error_line(code, err)
+    code, _, err = run_main(run_all.main, ["--config", config, "--gpus", "0,x"], capsys)
+    assert "--gpus must list distinct GPU numbers like 0,1,2,3, got '0,x'" in error_line(code,
+                                                                                          err)
+
+
+def two_categories(tmp_path):
+    root = tmp_path / "data"
+    for seed, name in enumerate(("first", "second")):
+        make_demo_category(str(root), name, size=32, num_train=4, num_test_good=2,
+                           num_per_defect=1, seed=seed)
+    return root
+
+
+def test_two_jobs_at_once_give_the_tables_of_one_at_a_time(tmp_path, capsys):
+    root = two_categories(tmp_path)
+    tables = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        out.mkdir()
+        config = write_config(out, root)
+        code, stdout, err = run_main(run_all.main, [
+            "--config", config, "--results_dir", str(out / "results"), "--jobs", str(jobs),
+            "-o", "num_epochs=1", "-o", "localization_method=feature_diff"],
+            capsys)
+        assert code == 0, err
+        tables[jobs] = json.load(open(out / "results" / "folder_results.json"))
+        if jobs == 2:
+            for name in ("first", "second"):
+                log = out / "logs" / f"{name}_console.log"
+                assert f"{name}: train, test on CPU (1 of 2 cores), output in {log}" in stdout
+                assert "detection image ROC-AUC" in log.read_text()
+            assert "[1/2] first done" in stdout and "[2/2] second done" in stdout
+    for name in ("first", "second"):
+        ours, expected = tables[2]["categories"][name], tables[1]["categories"][name]
+        assert sorted(ours) == sorted(expected)
+        for metric, value in expected.items():
+            if metric.endswith("path") or metric == "seconds":  # own folder, own timing
+                continue
+            assert ours[metric] == (pytest.approx(value, rel=1e-4)
+                                    if isinstance(value, float) else value), (name, metric)
+
+
+@pytest.mark.parametrize("stop, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stop_reaches_the_training_child_which_saves_its_state(tmp_path, stop, status):
+    """SIGTERM or SIGINT sent to run_all alone (the children have their own session) is
+    passed on: train.py saves last.pdckpt, says so, and the next run resumes it."""
+    root = tmp_path / "data"
+    make_demo_category(str(root), "demo", size=32, num_train=4, num_test_good=2,
+                       num_per_defect=1, seed=3)
+    config, results = write_config(tmp_path, root), tmp_path / "results"
+    process = subprocess.Popen(
+        [sys.executable, "run_all.py", "--config", config, "--results_dir", str(results),
+         "-o", "num_epochs=1000", "-o", "eval_interval=1000", "-o", "save_interval=1000"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "logs" / "demo_train.log"
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().count("epoch [") >= 3):
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(stop)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == status, err
+    word = "terminated" if stop == signal.SIGTERM else "interrupted"
+    assert err.strip().splitlines()[-1] == word
+    model_dir = tmp_path / "out" / "demo"
+    assert f"{word}: {model_dir / 'last.pdckpt'} holds epoch" in out  # saved on the way out
+    job = run_all.make_jobs(config, [], ["demo"], str(results))[0]
+    assert run_all.planned_steps(job) == ["resume", "test"]
+
+
+def test_parallel_runs_fetch_the_imagenet_weights_once_before_starting(tmp_path, capsys,
+                                                                       monkeypatch):
+    import vgg
+
+    def offline(url, md5sum=None):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(vgg, "FEATURES_CACHE", str(tmp_path / "vgg16_features.pdparams"))
+    monkeypatch.setattr(vgg, "get_weights_path_from_url", offline)
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: pytest.fail("a child ran"))
+    root = two_categories(tmp_path)
+    code, _, err = run_main(run_all.main, ["--config", write_config(tmp_path, root), "--jobs",
+                                           "2", "-o", "pretrain=true"], capsys)
+    assert "could not download the ImageNet VGG16 weights" in error_line(code, err)

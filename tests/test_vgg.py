@@ -12,7 +12,8 @@ import vgg
 from conftest import make_config
 from utils.checkpoint import save_state_dict
 from utils.errors import UserError
-from vgg import EXPERT_FILE, Expert, build_expert, load_expert_weights
+from vgg import (EXPERT_FILE, Expert, build_expert, check_expert, expert_fingerprint,
+                 load_expert_weights)
 
 STAGE_INDICES = (9, 16, 23, 30)  # pool2 .. pool5 of the 31-layer VGG16 features
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -116,6 +117,30 @@ def test_random_expert_without_model_dir_is_fresh(demo_root):
     first = numpy_state(build_expert(make_config(demo_root)))
     second = numpy_state(build_expert(make_config(demo_root)))
     assert not np.array_equal(first["features.0.weight"], second["features.0.weight"])
+
+
+def test_fingerprint_is_the_weights_in_either_format(expert, tmp_path):
+    fingerprint = expert_fingerprint(expert)
+    for name in ("copy.pdparams", "copy.safetensors"):
+        save_state_dict(expert.state_dict(), str(tmp_path / name))
+        copy = Expert()
+        load_expert_weights(copy, str(tmp_path / name))
+        assert expert_fingerprint(copy) == fingerprint
+    state = numpy_state(expert)
+    weight = state["features.28.bias"]
+    weight[-1] = np.nextafter(weight[-1], np.float32(np.inf))  # one bit of the last bias
+    nudged = Expert()
+    nudged.set_state_dict(state)
+    assert expert_fingerprint(nudged) != fingerprint
+
+
+def test_check_expert_names_the_checkpoint_and_the_expert(expert):
+    check_expert(expert, expert_fingerprint(expert), "model.pdparams", "vgg.pdparams")
+    check_expert(expert, None, "old_model.pdparams", "vgg.pdparams")  # recorded nothing
+    with pytest.raises(UserError) as error:
+        check_expert(expert, "0" * 32, "model.pdparams", "vgg.pdparams")
+    assert str(error.value).startswith("model.pdparams was trained against another expert than "
+                                       "vgg.pdparams")
 
 
 def broken_file(tmp_path, state, name):
