@@ -18,7 +18,7 @@ import numpy as np
 from dataset import load_image
 from engine import find_model_file, make_predictor, run_predictor
 from utils.benchmark import Benchmark
-from utils.device import gpu_available
+from utils.device import gpu_available, usable_cores
 from utils.errors import UserError, report_user_errors
 from utils.export_info import export_info_path, read_export_info
 from utils.image_files import chunks, list_images, picture_names
@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.cpu_threads is None:
-        args.cpu_threads = len(os.sched_getaffinity(0))
+        args.cpu_threads = usable_cores()
     return args
 
 

@@ -26,8 +26,9 @@ from typing import Callable, List, Optional
 
 import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 from utils.checkpoint import find_weights
-from utils.children import Children, Slot, make_slots, run_in_slots, usable_cores
+from utils.children import Children, Slot, make_slots, run_in_slots
 from utils.config import MVTEC_CATEGORIES, build_config
+from utils.device import gpu_available, usable_cores
 from utils.errors import UserError, report_user_errors
 from utils.files import atomic_write_text
 from utils.results import results_json, results_markdown
@@ -185,7 +186,6 @@ def parse_gpus(text: Optional[str]) -> Optional[List[str]]:
     gpus = [gpu.strip() for gpu in text.split(",") if gpu.strip()]
     if not gpus or not all(gpu.isdigit() for gpu in gpus) or len(set(gpus)) != len(gpus):
         raise UserError(f"--gpus must list distinct GPU numbers like 0,1,2,3, got '{text}'")
-    from utils.device import gpu_available  # imports Paddle: only when GPUs are asked for
     if not gpu_available():
         raise UserError("--gpus needs paddlepaddle-gpu and a visible GPU; use --jobs N to run "
                         "several categories on the CPU")
@@ -209,33 +209,34 @@ def main(argv=None) -> None:
         imagenet_weights_path()
     setup = {"config": args.config, "overrides": args.override,
              "model": "final_model (the model after the last epoch)"}
-    outcomes = {}
-    numbers = {id(job): number for number, job in enumerate(jobs, 1)}
+    outcomes = {}  # job number -> outcome
     printing = threading.Lock()  # whole lines from the slots' threads
 
-    def run_one(job: Job, slot: Slot) -> dict:
+    def run_one(numbered: tuple, slot: Slot) -> dict:
+        number, job = numbered
         steps = planned_steps(job)
         with printing:
-            print(f"[{numbers[id(job)]}/{len(jobs)}] {job.category}: "
+            print(f"[{number}/{len(jobs)}] {job.category}: "
                   + (", ".join(steps) or "finished before, skipped")
                   + (f" on {slot.name}, output in {console_log(job)}" if slot.own_output and steps
                      else ""), flush=True)
         return run_category(job, slot, children.run)
 
-    def on_done(job: Job, outcome: dict) -> None:
-        prefix = f"[{numbers[id(job)]}/{len(jobs)}] {job.category}"
+    def on_done(numbered: tuple, outcome: dict) -> None:
+        number, job = numbered
         with printing:
             if outcome["error"]:
-                print(f"{prefix} failed: {outcome['error']}", flush=True)
+                print(f"[{number}/{len(jobs)}] {job.category} failed: {outcome['error']}",
+                      flush=True)
             elif len(slots) > 1 and outcome["status"] == "done":
-                print(f"{prefix} done", flush=True)
-        outcomes[id(job)] = outcome
-        write_results(args.results_dir, dataset, [outcomes.get(id(j), {
-            "category": j.category, "status": "pending", "metrics": None, "error": None})
-            for j in jobs], setup)
+                print(f"[{number}/{len(jobs)}] {job.category} done", flush=True)
+        outcomes[number] = outcome
+        write_results(args.results_dir, dataset, [outcomes.get(later, {
+            "category": other.category, "status": "pending", "metrics": None, "error": None})
+            for later, other in enumerate(jobs, 1)], setup)
 
     children = Children()
-    run_in_slots(jobs, slots, run_one, on_done, children)
+    run_in_slots(list(enumerate(jobs, 1)), slots, run_one, on_done, children)
     table = os.path.join(args.results_dir, f"{dataset}_results.md")
     print(f"wrote {table} and {os.path.splitext(table)[0]}.json")
     failed = [str(o["category"]) for o in outcomes.values() if o["status"] == "failed"]

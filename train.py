@@ -39,7 +39,7 @@ from utils.files import atomic_write_text
 from utils.logger import get_logger
 from utils.optimizer_state import portable_optimizer_state, restore_optimizer_state
 from utils.seed import epoch_order_seed, resolve_seed, seed_everything
-from vgg import EXPERT_STEM, build_expert, check_expert, expert_fingerprint, expert_source
+from vgg import EXPERT_STEM, build_expert, check_expert, expert_fingerprint
 
 # weights files are <stem>.pdparams or <stem>.safetensors (`weights_format`)
 FINAL_MODEL, BEST_MODEL, LAST_STATE = "final_model", "best_model", "last.pdckpt"
@@ -115,8 +115,7 @@ class Trainer:
         self.expert_fingerprint = expert_fingerprint(self.expert)
         if resumed:
             check_expert(self.expert, self.state.get("expert_fingerprint"),
-                         os.path.join(self.model_dir, LAST_STATE),
-                         expert_source(config, self.model_dir))
+                         os.path.join(self.model_dir, LAST_STATE))
         self.cloner = build_cloner(config)
         if resumed:
             load_state_strict(self.cloner, self.state["cloner"], LAST_STATE)

@@ -7,7 +7,7 @@ from network import load_cloner
 from utils.checkpoint import find_weights, load_model_info
 from utils.config import add_config_args, config_from_args, load_saved_config, parse_override
 from utils.errors import UserError
-from vgg import build_expert, check_expert, expert_source
+from vgg import build_expert, check_expert
 
 # Settings that define a trained model: taken from its saved config unless given with -o.
 MODEL_KEYS = ("pretrain", "vgg_weights", "equal_network_size", "use_bias", "mvtec_img_size",
@@ -46,8 +46,6 @@ def load_model(config: dict, model_path: str, log=print):
     for key in ("equal_network_size", "use_bias"):
         if resolved[key] != config[key]:
             log(f"note: {model_path} holds a cloner with {key}: {resolved[key]}; using that")
-    model_dir = os.path.dirname(model_path)
-    expert = build_expert(resolved, model_dir=model_dir)
-    check_expert(expert, load_model_info(model_path).get("expert_fingerprint"), model_path,
-                 expert_source(resolved, model_dir))
+    expert = build_expert(resolved, model_dir=os.path.dirname(model_path))
+    check_expert(expert, load_model_info(model_path).get("expert_fingerprint"), model_path)
     return expert, cloner, resolved

@@ -77,6 +77,7 @@ class Expert(StagedFeatures):
         for parameter in self.parameters():
             parameter.stop_gradient = True
         self.eval()
+        self.source = "a fresh random expert"  # the file its weights come from, for messages
 
     def train(self):  # nothing in it behaves differently in training; keep it in eval mode
         return self
@@ -93,22 +94,13 @@ def expert_fingerprint(expert: Expert) -> str:
     return digest.hexdigest()
 
 
-def expert_source(config: dict, model_dir: str = None) -> str:
-    """Where build_expert(config, model_dir) takes the expert's weights from, for messages."""
-    if not config["pretrain"]:
-        return (find_weights(model_dir, EXPERT_STEM, config["weights_format"]) if model_dir
-                else "a fresh random expert")
-    return "the ImageNet VGG16 weights" if config["vgg_weights"] == "imagenet" \
-        else config["vgg_weights"]
-
-
-def check_expert(expert: Expert, recorded: str, trained: str, source: str) -> None:
-    """A UserError when `expert` (loaded from `source`) is not the one whose fingerprint the
-    checkpoint `trained` recorded; checkpoints that recorded none are taken as they are."""
+def check_expert(expert: Expert, recorded: str, trained: str) -> None:
+    """A UserError when `expert` is not the one whose fingerprint the checkpoint `trained`
+    recorded; checkpoints that recorded none are taken as they are."""
     if recorded and recorded != expert_fingerprint(expert):
-        raise UserError(f"{trained} was trained against another expert than {source} (its "
-                        "weights differ: a later run reused the folder, or the expert's file "
-                        "changed); train again, or put back the expert it was trained with")
+        raise UserError(f"{trained} was trained against another expert than {expert.source} "
+                        "(its weights differ: a later run reused the folder, or the expert's "
+                        "file changed); train again, or put back the expert it was trained with")
 
 
 def _features_only(state: dict) -> dict:
@@ -137,6 +129,7 @@ def imagenet_weights_path() -> str:
 
 def load_expert_weights(expert: Expert, path: str) -> None:
     load_state_strict(expert, _features_only(read_state_dict(path)), path)
+    expert.source = path
 
 
 def build_expert(config: dict, model_dir: str = None) -> Expert:

@@ -134,13 +134,15 @@ def test_fingerprint_is_the_weights_in_either_format(expert, tmp_path):
     assert expert_fingerprint(nudged) != fingerprint
 
 
-def test_check_expert_names_the_checkpoint_and_the_expert(expert):
-    check_expert(expert, expert_fingerprint(expert), "model.pdparams", "vgg.pdparams")
-    check_expert(expert, None, "old_model.pdparams", "vgg.pdparams")  # recorded nothing
+def test_check_expert_names_the_checkpoint_and_the_experts_file(expert_file):
+    loaded = Expert()
+    load_expert_weights(loaded, expert_file)
+    check_expert(loaded, expert_fingerprint(loaded), "model.pdparams")
+    check_expert(loaded, None, "old_model.pdparams")  # recorded nothing
     with pytest.raises(UserError) as error:
-        check_expert(expert, "0" * 32, "model.pdparams", "vgg.pdparams")
+        check_expert(loaded, "0" * 32, "model.pdparams")
     assert str(error.value).startswith("model.pdparams was trained against another expert than "
-                                       "vgg.pdparams")
+                                       f"{expert_file}")
 
 
 def broken_file(tmp_path, state, name):
@@ -149,32 +151,23 @@ def broken_file(tmp_path, state, name):
     return path
 
 
-def test_missing_key_names_the_key_and_the_file(expert_state, tmp_path):
-    state = dict(expert_state)
-    del state["features.14.bias"]
-    path = broken_file(tmp_path, state, "missing.pdparams")
-    with pytest.raises(UserError) as error:
-        load_expert_weights(Expert(), path)
-    assert "features.14.bias" in str(error.value) and path in str(error.value)
-
-
-def test_misshaped_key_names_the_key_and_the_file(expert_state, tmp_path):
-    state = dict(expert_state)
-    state["features.2.weight"] = np.zeros((64, 64, 5, 5), np.float32)
-    path = broken_file(tmp_path, state, "misshaped.pdparams")
+@pytest.mark.parametrize("name, change, culprits", [
+    ("missing", {"features.14.bias": None}, ["features.14.bias"]),
+    ("misshaped", {"features.2.weight": np.zeros((64, 64, 5, 5), np.float32)},
+     ["features.2.weight", "[64, 64, 5, 5]"]),
+    ("extra", {"features.31.weight": np.zeros((3,), np.float32)}, ["features.31.weight"]),
+])
+def test_a_bad_key_names_the_key_and_the_file(expert_state, tmp_path, name, change, culprits):
+    """A missing, mis-shaped or unexpected key (None: deleted) is an error, never skipped."""
+    state = {**expert_state, **change}
+    state = {key: value for key, value in state.items() if value is not None}
+    path = broken_file(tmp_path, state, f"{name}.pdparams")
     with pytest.raises(UserError) as error:
         load_expert_weights(Expert(), path)
     message = str(error.value)
-    assert "features.2.weight" in message and path in message and "[64, 64, 5, 5]" in message
-
-
-def test_extra_features_key_names_the_key_and_the_file(expert_state, tmp_path):
-    state = dict(expert_state)
-    state["features.31.weight"] = np.zeros((3,), np.float32)
-    path = broken_file(tmp_path, state, "extra.pdparams")
-    with pytest.raises(UserError) as error:
-        load_expert_weights(Expert(), path)
-    assert "features.31.weight" in str(error.value) and path in str(error.value)
+    assert path in message
+    for culprit in culprits:
+        assert culprit in message
 
 
 def test_full_vgg16_state_dict_loads_and_ignores_the_classifier(expert_state, tmp_path):

@@ -5,7 +5,6 @@ The children get a session of their own, so Ctrl-C in a terminal reaches the par
 parent passes that signal (or a SIGTERM it received) to every running child once and waits until
 each has saved its state and exited: train.py's checkpoint of a stop is never cut short.
 """
-import os
 import queue
 import signal
 import subprocess
@@ -111,7 +110,3 @@ def run_in_slots(jobs: Sequence, slots: List[Slot], run_one: Callable, on_done: 
             pool.shutdown(wait=False, cancel_futures=True)
             children.stop(getattr(stop, "signum", signal.SIGINT))
             raise
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0))

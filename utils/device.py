@@ -10,8 +10,13 @@ def gpu_available() -> bool:
     return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which containers and taskset limit)."""
+    return len(os.sched_getaffinity(0))
+
+
 def cpu_thread_count(config: dict) -> int:
-    return config["cpu_threads"] or len(os.sched_getaffinity(0))
+    return config["cpu_threads"] or usable_cores()
 
 
 def setup_device(config: dict) -> str:
@@ -34,5 +39,4 @@ def use_training_threads(config: dict, device: str) -> None:
     CPU backward ran 2-2.5x slower with two math-library threads than with one on the 2-core
     machines measured (benchmark.py shows both). Paddle Inference keeps its own `cpu_threads`."""
     if device == "cpu":
-        paddle.base.core.set_num_threads(config["train_cpu_threads"]
-                                         or len(os.sched_getaffinity(0)))
+        paddle.base.core.set_num_threads(config["train_cpu_threads"] or usable_cores())
