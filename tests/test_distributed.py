@@ -103,3 +103,49 @@ def test_only_rank_zero_writes(two_process_run):
     assert log.count("epoch [1/1] loss") == 1 and log.count("image ROC-AUC") == EPOCHS
     assert {"final_model.pdparams", "last.pdckpt", "expert.pdparams"} <= set(os.listdir(model_dir))
     assert not [name for name in os.listdir(model_dir) if name.endswith(".tmp")]
+
+
+def launch(work, root: str, processes: int = 2, launcher: list = (), **settings):
+    """`paddle.distributed.launch --nproc_per_node <processes> train.py` on the category at
+    `root`, with SETTINGS and `settings` as overrides: (completed process, {rank: its log})."""
+    logs = os.path.join(str(work), "launch")
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
+               str(processes), *launcher, "--log_dir", logs, "train.py", "--config",
+               "configs/demo.yaml", "--dataset_root", root, "--normal_class", "demo",
+               "-o", f"save_dir={work}/out", "-o", f"log_dir={work}/logs"]
+    for key, value in {**SETTINGS, **settings}.items():
+        command += ["-o", f"{key}={'null' if value is None else value}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    return done, {int(name.rsplit(".", 1)[1]): open(os.path.join(logs, name)).read()
+                  for name in os.listdir(logs) if name.startswith("workerlog.")}
+
+
+def last_line(log: str) -> str:
+    return log.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["setup", "epoch"])
+def test_a_failure_on_rank_zero_alone_stops_both_with_its_message(tmp_path, where):
+    """Only rank 0 reads the test images and saves: its failure there (an unreadable test image
+    while the caches are built; a model file it cannot write after the first epoch) must not
+    leave rank 1 waiting in the next collective call. Both stop with rank 0's one-line error."""
+    root = str(tmp_path / "data")
+    make_demo_category(root, "demo", size=SIZE, num_train=16, num_test_good=4, num_per_defect=2,
+                       seed=3)
+    if where == "setup":
+        broken = os.path.join(root, "demo", "test", "good", "000.png")
+        with open(broken, "wb") as stream:
+            stream.write(b"\x89PNG\r\n\x1a\n truncated")
+        culprit = broken
+    else:  # best_model.pdparams cannot be written: a folder is in its place
+        culprit = os.path.join(str(tmp_path), "out", "demo", "best_model.pdparams")
+        os.makedirs(culprit)
+    done, logs = launch(tmp_path, root, seed=0)
+    assert done.returncode != 0
+    assert sorted(logs) == [0, 1]
+    lines = [last_line(logs[rank]) for rank in (0, 1)]
+    assert lines[0] == lines[1], logs[1][-3000:]
+    assert lines[0].startswith("error: ") and culprit in lines[0]
+    if where == "epoch":
+        assert "epoch [0/1] loss" in open(tmp_path / "logs" / "demo_train.log").read()
