@@ -110,8 +110,7 @@ def convert_for_tensorrt(model_file: str, folder: str, image_shape: Sequence[int
                         f"TensorRT Python package ({type(error).__name__}: {error})") from None
     shapes = tensorrt_input_shapes(image_shape, batch_size)
     trt_input = Input(min_input_shape=tuple(shapes["min"]), optim_input_shape=tuple(shapes["opt"]),
-                      max_input_shape=tuple(shapes["max"]), input_data_type="float32",
-                      name="image")
+                      max_input_shape=tuple(shapes["max"]), input_data_type="float32")
     trt_config = TensorRTConfig(inputs=[trt_input])
     trt_config.precision_mode = getattr(PrecisionMode, TENSORRT_PRECISIONS[precision])
     trt_config.save_model_dir = os.path.join(folder, "model")

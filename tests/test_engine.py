@@ -225,8 +225,7 @@ def test_tensorrt_converts_the_pir_model_with_explicit_shapes_and_reports_it(
                                          use_tensorrt=True, precision="fp16", batch_size=4,
                                          gpu_id=0, image_shape=SHAPE)
     assert converter.inputs == [dict(min_input_shape=(1, *SHAPE), optim_input_shape=(4, *SHAPE),
-                                     max_input_shape=(4, *SHAPE), input_data_type="float32",
-                                     name="image")]
+                                     max_input_shape=(4, *SHAPE), input_data_type="float32")]
     (config,) = converter.configs
     assert config.precision_mode == "FP16" and converter.converted == [model_file]
     assert not model_file.startswith(os.path.dirname(config.save_model_dir))
