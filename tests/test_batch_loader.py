@@ -131,6 +131,7 @@ for loader in (BatchLoader(Items(), 4), WorkerLoader(Items(), 4, num_workers=2))
 """
 
 
+@pytest.mark.slow
 def test_batches_stay_in_host_memory_whatever_the_device():
     """Evaluation reads every batch as NumPy (or feeds it to a predictor): a copy to the GPU and
     back would be wasted, so both loaders place their tensors in host memory explicitly."""

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from benchmark import memory_rows, peak_memory_mb, training_rows
 from conftest import ROOT
 
@@ -46,6 +48,7 @@ def test_on_a_gpu_memory_is_the_gpus_and_no_row_is_about_cpu_threads():
     assert all("thread" not in row and "cores" not in row for row in training_rows(speeds, "gpu"))
 
 
+@pytest.mark.slow
 def test_a_child_run_reports_its_peak_gpu_memory_when_it_has_one(tmp_path):
     """The wrapper that runs train.py / test.py for their peak memory also passes on the GPU
     peak (written here by the script itself, as the wrapper does after a run on a GPU)."""

@@ -57,5 +57,6 @@ def rank_zero_work(kinds: Sequence[type] = ()):
     if outcome is not None:
         name, message, clear = outcome
         if not clear:
-            raise UserError(f"process 0 stopped with {name}: {message} (see its log)")
+            raise UserError(f"process 0 stopped with {name}: {message} (its traceback is in "
+                            "the launcher's workerlog.0)")
         raise next((kind for kind in kinds if kind.__name__ == name), UserError)(message)
