@@ -164,7 +164,10 @@ def build_predictor(model_file: str, params_file: str, use_gpu: bool = False,
                 config.delete_pass("inplace_pass")
                 if precision == "bf16":
                     config.enable_mkldnn_bfloat16()
-                    applied["precision"] = "bf16"
+                    # Paddle keeps float32 without a word on a CPU lacking AVX-512 (the same
+                    # check as EnableMkldnnBfloat16 in analysis_config.cc)
+                    applied["precision"] = "bf16" if paddle.base.core.supports_bfloat16() \
+                        else "fp32"
                 applied["enable_mkldnn"] = True
             else:
                 config.disable_mkldnn()

@@ -262,3 +262,11 @@ def test_the_report_says_what_the_cpu_predictor_runs(exported_score_model):
     assert applied["summary"] == "Paddle Inference on cpu, oneDNN, 2 thread(s), fp32"
     _, applied = build_predictor(model_file, params_file, enable_mkldnn=False, use_tensorrt=True)
     assert applied["summary"] == "Paddle Inference on cpu, 1 thread(s), fp32"
+
+
+def test_bf16_is_reported_only_where_paddle_applies_it(exported_score_model, monkeypatch):
+    model_file, params_file, _, _ = exported_score_model
+    for supported, applied in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(paddle.base.core, "supports_bfloat16", lambda: supported)
+        assert build_predictor(model_file, params_file, precision="bf16")[1]["precision"] \
+            == applied
