@@ -48,7 +48,8 @@ def check_visualdl(config: dict) -> None:
 
 
 def _step(record_bytes: bytes) -> Optional[int]:
-    """The step of a serialised VisualDL record; None for one that does not parse (cut off)."""
+    """The step of a serialised VisualDL record; None for one that does not parse (cut off: a
+    record holds its values as a nested message, so any cut breaks it)."""
     from google.protobuf.message import DecodeError
     from visualdl.proto.record_pb2 import Record
     record = Record()
