@@ -2,7 +2,7 @@
 
     python test.py --config configs/config.yaml --dataset_root Dataset/MVTec --normal_class bottle
     python test.py --model_path output/bottle/final_model.pdparams --save_dir results/bottle
-    python test.py --model_path output/bottle/final_model.pdparams --save_dir results/bottle --report
+    python test.py --model_path output/bottle/final_model.pdparams --save_dir out --report
 
 The model's own settings (architecture, image size, lamda, expert) come from the config.yaml that
 training saved beside the checkpoint, so --model_path alone is enough.
@@ -139,7 +139,8 @@ def save_report(path: str, result: Evaluation, dataset, metrics: dict, summary: 
              if key in metrics and math.isfinite(metrics[key])]
     details = [("model", summary["model_path"]),
                ("localization method", summary["localization_method"] or "none (no masks)")]
-    return write_report(path, title, rows, thresholds, details, shown)
+    columns = "image | anomaly map | overlay (defect outlined)" if map_range else "image"
+    return write_report(path, title, rows, thresholds, details, shown, columns)
 
 
 def _json_safe(summary: dict) -> dict:

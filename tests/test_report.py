@@ -20,7 +20,7 @@ import predict
 import test as test_script
 from script_helpers import user_error  # noqa: F401  (a fixture)
 from utils.report import REPORT_FILE, ReportRow, Threshold, write_report
-from utils.thumbnails import jpeg_bytes, strip
+from utils.thumbnails import THUMBNAIL_SIDE, jpeg_bytes, strip
 
 HOSTILE = '</script><script>alert(1)</script><img src=x onerror=alert(2)> & "q" \u2028'
 DATA = re.compile(r'<script id="report-data" type="application/json">(.*?)</script>', re.S)
@@ -104,8 +104,8 @@ def test_exactly_one_threshold_decides(tmp_path):
 
 def figures(page: str) -> list:
     """The SVG text of each figure of the page."""
-    sources = re.findall(r'<img class="figure" alt="[^"]*" src="data:image/svg\+xml;base64,([^"]+)"',
-                         page)
+    sources = re.findall(r'<img class="figure" alt="[^"]*" '
+                         r'src="data:image/svg\+xml;base64,([^"]+)"', page)
     return [base64.b64decode(source).decode("utf-8") for source in sources]
 
 
@@ -114,7 +114,8 @@ def test_roc_curve_only_with_ground_truth(tmp_path):
     with_truth = write_report(str(tmp_path / "a.html"), "t", synthetic_rows(20), threshold)
     without = write_report(str(tmp_path / "b.html"), "t", synthetic_rows(20, labelled=False),
                            threshold)
-    labelled, unlabelled = (figures(open(p, encoding="utf-8").read()) for p in (with_truth, without))
+    labelled, unlabelled = (figures(open(path, encoding="utf-8").read())
+                            for path in (with_truth, without))
     assert len(labelled) == 2 and len(unlabelled) == 1
     assert all("<svg" in svg for svg in labelled + unlabelled)
     assert "false positive rate" in labelled[0] or "<path" in labelled[0]
@@ -176,6 +177,19 @@ def test_test_report_lists_every_test_image(test_report, trained_model):
     for key in ("image_auroc", "loc_auc_paper", "pixel_auroc", "aupro"):
         assert f"{metrics[key]:.4f}" in page, key
     assert len(figures(page)) == 2
+
+
+@pytest.mark.slow
+def test_without_maps_the_report_shows_the_images(trained_model, tmp_path):
+    test_script.main(["--model_path", trained_model["model_path"], "--save_dir", str(tmp_path),
+                      "--report", "--no_pictures", "-o", "localization_test=false",
+                      "-o", f"log_dir={tmp_path}", "-o", "engine=eager"])
+    data = report_json(tmp_path / REPORT_FILE)
+    assert len(data["rows"]) == len(open(tmp_path / "scores.csv").readlines()) - 1
+    for row in data["rows"]:
+        with Image.open(io.BytesIO(base64.b64decode(row["i"].split(",", 1)[1]))) as picture:
+            assert picture.size == (THUMBNAIL_SIDE, THUMBNAIL_SIDE)  # the image alone, no map
+    assert "each row: image</span>" in open(tmp_path / REPORT_FILE, encoding="utf-8").read()
 
 
 def test_report_needs_a_save_dir(user_error, trained_model):

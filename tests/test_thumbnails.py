@@ -1,4 +1,4 @@
-"""The report's and VisualDL's strips: image | anomaly map | overlay, against matplotlib's colours."""
+"""The strips of the report and VisualDL (image | anomaly map | overlay) against matplotlib."""
 import io
 
 import cv2

@@ -110,9 +110,11 @@ def report_data(rows: Sequence[ReportRow], thresholds: Sequence[Threshold]) -> d
 
 def write_report(path: str, title: str, rows: Sequence[ReportRow],
                  thresholds: Sequence[Threshold], details: Sequence[Tuple[str, str]] = (),
-                 metrics: Sequence[Tuple[str, str]] = ()) -> str:
+                 metrics: Sequence[Tuple[str, str]] = (),
+                 columns: str = "image | anomaly map | overlay") -> str:
     """Write report.html at `path`; `details` (model, method, ...) and `metrics` are
-    (name, value) pairs shown as given. Exactly one threshold `decides` the verdicts."""
+    (name, value) pairs shown as given, `columns` says what the thumbnails show. Exactly one
+    threshold `decides` the verdicts."""
     if sum(t.decides for t in thresholds) != 1:
         raise ValueError("exactly one threshold must decide the verdicts")
     labels = [row.label for row in rows]
@@ -128,6 +130,7 @@ def write_report(path: str, title: str, rows: Sequence[ReportRow],
         page = stream.read()
     parts = {
         "__TITLE__": html.escape(title),
+        "__COLUMNS__": html.escape(columns),
         "__DETAILS__": _table(list(details) + [(t.name, f"{t.value:.6g} ({t.rule})")
                                                for t in thresholds]),
         "__METRICS__": _table(list(metrics) + counts),

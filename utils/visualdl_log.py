@@ -42,7 +42,7 @@ def _log_writer_class():
 
 
 def check_visualdl(config: dict) -> None:
-    """With use_visualdl: true, a one-line error now (before any training) if VisualDL is missing."""
+    """With use_visualdl: true, a one-line error now, before any training, if VisualDL is absent."""
     if config["use_visualdl"]:
         _log_writer_class()
 
