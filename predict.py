@@ -107,7 +107,7 @@ def predict(args: argparse.Namespace, log=print) -> list:
             os.path.join(args.save_dir, REPORT_FILE), f"predictions: {args.image_path}", rows,
             [Threshold(threshold, "threshold", rule, decides=True)],
             [("model", model_path), ("localization method", method),
-             ("images", args.image_path)])
+             ("image path", args.image_path)])
         log(f"wrote {report}")
     return predictions
 
