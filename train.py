@@ -5,7 +5,8 @@
 Writes <save_dir>/<class>/: final_model.pdparams (the honest default), best_model.pdparams (best
 test-set detection ROC-AUC, an optimistic selection), their .json (threshold, epoch), last.pdckpt
 (resumable), config.yaml, history.json; and the log <log_dir>/<class>_train.log. With
-`weights_format: safetensors` the weights are .safetensors files instead (no pickles).
+`weights_format: safetensors` the weights are .safetensors files instead (no pickles). With
+`use_visualdl: true` (or --use_vdl) VisualDL logs go to <save_dir>/<class>/vdl/.
 Several GPUs: python -m paddle.distributed.launch --gpus 0,1 train.py ...
 Several CPU processes: python -m paddle.distributed.launch --nproc_per_node 2 train.py ...
 """
@@ -40,6 +41,7 @@ from utils.files import atomic_write_text
 from utils.logger import get_logger
 from utils.optimizer_state import portable_optimizer_state, restore_optimizer_state
 from utils.seed import epoch_order_seed, resolve_seed, seed_everything
+from utils.visualdl_log import VDL_FOLDER, TrainingLog, check_visualdl
 from vgg import EXPERT_STEM, build_expert, check_expert, expert_fingerprint
 
 # weights files are <stem>.pdparams or <stem>.safetensors (`weights_format`)
@@ -60,7 +62,13 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true",
                         help="continue from <save_dir>/<class>/last.pdckpt (same as "
                              "continue_train: true)")
-    return parser.parse_args(argv)
+    parser.add_argument("--use_vdl", action="store_true",
+                        help="log to VisualDL in <save_dir>/<class>/vdl/ (same as -o "
+                             "use_visualdl=true)")
+    args = parser.parse_args(argv)
+    if args.use_vdl:
+        args.override.append("use_visualdl=true")
+    return args
 
 
 def resolve_config(args):
@@ -88,7 +96,9 @@ def _numpy_tree(value):
 
 class Trainer:
     def __init__(self, config: dict, state: dict = None):
+        check_visualdl(config)
         self.config, self.state = config, state
+        self.vdl = TrainingLog(None)  # fit() opens the log
         self.world, self.rank = paddle.distributed.get_world_size(), paddle.distributed.get_rank()
         self.main = self.rank == 0
         self.device = setup_device(config)
@@ -133,6 +143,7 @@ class Trainer:
         self.train_cache = ExpertCache(train_set, **cache_args)
         with rank_zero_work():
             self.test_cache = ExpertCache(test_set, **cache_args) if self.main else None
+        self.test_normalization = getattr(test_set, "normalization", None)  # to show images
         self.log.info(f"{len(train_set)} training and {len(test_set)} test images of "
                       f"'{config['normal_class']}' at {size} px; device {self.device}, "
                       f"{self.world} process(es); expert outputs ready in "
@@ -197,6 +208,7 @@ class Trainer:
         auroc = image_auroc(self.test_cache.labels, scores)
         self.history["eval_epoch"].append(epoch)
         self.history["image_auroc"].append(auroc)
+        self.vdl.evaluation(epoch, auroc)
         improved = auroc > self.best["image_auroc"]
         if improved:
             self.best = {"image_auroc": auroc, "epoch": epoch}
@@ -255,6 +267,9 @@ class Trainer:
                           f"{self.start_epoch - 1} (raise num_epochs to train longer)")
         bar = tqdm(epochs, desc=f"train {config['normal_class']}", disable=None if self.main else True,
                    dynamic_ncols=True)
+        self.vdl = TrainingLog(os.path.join(self.model_dir, VDL_FOLDER)
+                               if self.main and config["use_visualdl"] else None,
+                               self.start_epoch - 1 if self.state is not None else None)
         try:
             for epoch in bar:
                 started = time.time()
@@ -266,6 +281,7 @@ class Trainer:
                     raise Diverged(f"the cloner's weights became NaN or infinite in epoch {epoch}")
                 self.history["epoch"].append(epoch)
                 self.history["loss"].append(loss_sum)
+                self.vdl.epoch(epoch, loss_sum)
                 bar.set_postfix(loss=f"{loss_sum:.4f}")
                 self.log.info(f"epoch [{epoch}/{last_epoch}] loss {loss_sum:.4f} (sum over "
                               f"{batches} batches, mean {loss_sum / max(batches, 1):.4f}) "
@@ -279,6 +295,7 @@ class Trainer:
                             self.save_state(unsaved)
                             unsaved = None
         except Diverged as error:  # every process is here (the loss, or rank 0's evaluation)
+            self.vdl.close()
             with rank_zero_work():
                 if self.main and unsaved is not None:  # the last good epoch (save_interval > 1)
                     self.save_state(unsaved)
@@ -286,6 +303,7 @@ class Trainer:
                 f"{error}; training stopped and the models saved before are kept; "
                 f"{self.kept_state()}, or start again with a lower learning_rate")) from None
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (utils/errors.py)
+            self.vdl.close()
             if self.main and unsaved is not None:
                 self.save_state(unsaved)
             self.log.info(f"{stop_word(stop)}: {self.kept_state()}")
@@ -299,6 +317,9 @@ class Trainer:
                                  f"{self.best['epoch']} in {BEST_MODEL}."
                                  f"{config['weights_format']}"
                                  if self.best["epoch"] is not None else ""))
+                self.vdl.final_model(last_epoch, self.expert, self.cloner, self.test_cache, config,
+                                     self.device, self.test_normalization)
+        self.vdl.close()
         return {"model_dir": self.model_dir, "history": self.history, "best": self.best}
 
 

@@ -6,6 +6,7 @@ statistics, and DataParallel averages the two gradients. One process can compute
 run each half separately, add half of each gradient, step; keep the BatchNorm running statistics
 of the first half only, as rank 0 (which saves the model) does.
 """
+import importlib.util
 import os
 import socket
 import subprocess
@@ -26,6 +27,7 @@ SIZE, BATCH, EPOCHS = 32, 8, 2  # 16 training images: 2 steps of 8 per epoch, ep
 # seed null: each process draws its own, and rank 0's must win (it is saved in config.yaml)
 SETTINGS = dict(mvtec_img_size=SIZE, batch_size=BATCH, num_epochs=EPOCHS - 1, eval_interval=1,
                 seed=None, cpu_threads=1)
+VISUALDL = importlib.util.find_spec("visualdl") is not None  # then the run logs to VisualDL too
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +44,7 @@ def two_process_run(tmp_path_factory):
                "--dataset_root", root, "--normal_class", "demo"]
     for key in ("save_dir", "log_dir", *SETTINGS):
         command += ["-o", f"{key}={'null' if config[key] is None else config[key]}"]
+    command += ["--use_vdl"] if VISUALDL else []
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     logs = "".join(open(os.path.join(work / "launch", name)).read()
                    for name in sorted(os.listdir(work / "launch")) if name.startswith("workerlog"))
@@ -196,3 +199,14 @@ def test_two_launchers_on_loopback_train_what_one_launcher_with_two_processes_do
         np.testing.assert_array_equal(saved[name], value, err_msg=name)
     log = open(tmp_path / "logs" / "demo_train.log").read()
     assert "2 process(es)" in log and log.count("training and") == 1
+
+
+@pytest.mark.skipif(not VISUALDL, reason="visualdl is not installed (requirements-extras.txt)")
+def test_only_rank_zero_logs_to_visualdl(two_process_run):
+    from visualdl import LogReader
+    from utils.visualdl_log import LOSS_TAG, RECORD_FILE, ROC_TAG, VDL_FOLDER
+    folder = os.path.join(two_process_run["model_dir"], VDL_FOLDER)
+    assert os.listdir(folder) == [RECORD_FILE]
+    log = LogReader(file_path=os.path.join(folder, RECORD_FILE))
+    assert [record.id for record in log.get_data("scalar", LOSS_TAG)] == list(range(EPOCHS))
+    assert [record.id for record in log.get_data("roc_curve", ROC_TAG)] == [EPOCHS - 1]
