@@ -152,10 +152,11 @@ class AnomalyMapModel(nn.Layer):
 
     `gradients` and `gbp` maps are in [0, 1] per image; `feature_diff` maps keep the raw
     discrepancy so that they compare across images (an image-independent scale).
+    `max_pool_rule`: "switches" for a graph that converts to ONNX (backprop.MAX_POOL_RULES).
     """
 
     def __init__(self, expert, cloner, lamda: float, method: str = "gradients",
-                 direction_only: bool = False):
+                 direction_only: bool = False, max_pool_rule: str = "unpool"):
         super().__init__()
         if method not in EXPORTABLE_METHODS:
             raise ValueError(f"AnomalyMapModel supports {EXPORTABLE_METHODS}, not {method!r}")
@@ -163,7 +164,8 @@ class AnomalyMapModel(nn.Layer):
         self.lamda, self.direction_only = lamda, direction_only
         self.pair = DistillationPair(expert, cloner)
         self.input_gradient = InputGradient(expert, cloner, lamda, direction_only,
-                                            guided=(method == "gbp"))
+                                            guided=(method == "gbp"),
+                                            max_pool_rule=max_pool_rule)
 
     def forward(self, x: paddle.Tensor):
         if self.method == "feature_diff":
