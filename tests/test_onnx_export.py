@@ -14,7 +14,7 @@ import export_model
 import infer
 import test as test_script
 from anomaly_map import EXPORTABLE_METHODS, AnomalyMapModel
-from script_helpers import run_main
+from script_helpers import run_main, user_error  # noqa: F401  (a fixture)
 from utils.errors import UserError
 from utils.optional import pinned
 from vgg import Expert
