@@ -36,16 +36,22 @@ def _per_image(values: paddle.Tensor, low: paddle.Tensor, high: paddle.Tensor) -
 
 
 def normalize_percentile(maps: paddle.Tensor) -> paddle.Tensor:
-    """[N, H, W]: scaled by (min, 99th percentile) and clipped, like NumPy's linear percentile."""
+    """[N, H, W]: scaled by (min, 99th percentile) and clipped, like NumPy's linear percentile.
+
+    Only the top 1 % of the values is sorted (topk): the same numbers as a full sort, faster, and
+    within TensorRT's TopK limit (k <= 3840) up to 600 x 600 maps once exported to ONNX."""
     h, w = maps.shape[1], maps.shape[2]
-    values = maps.reshape([-1, h * w])
-    flat = paddle.sort(values, axis=1)
-    position = PERCENTILE / 100.0 * (h * w - 1)
+    size = h * w
+    values = maps.reshape([-1, size])
+    position = PERCENTILE / 100.0 * (size - 1)
     below = int(math.floor(position))
     fraction = position - below
-    above = min(below + 1, h * w - 1)
-    low = flat[:, 0:1]
-    high = flat[:, below:below + 1] + (flat[:, above:above + 1] - flat[:, below:below + 1]) * fraction
+    above = min(below + 1, size - 1)
+    largest = paddle.topk(values, k=size - below, axis=1)[0]  # descending: rank r is at size-1-r
+    at_below = largest[:, size - 1 - below:size - below]
+    at_above = largest[:, size - 1 - above:size - above]
+    low = values.min(axis=1, keepdim=True)
+    high = at_below + (at_above - at_below) * fraction
     return _per_image(values, low, high).reshape([-1, h, w])
 
 
