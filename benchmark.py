@@ -16,6 +16,8 @@ measures, in one process and interleaved `--repeats` times (the median is report
 - saliency images/s for every localization method (smooth grad and integrated gradients with
   `--smooth_grad_samples` / `--ig_steps`, fewer than the defaults 50 / 100), and a batch's
   saliency cost against one forward+backward of that batch;
+- the hand-written backward of a batch with max-pool's ONNX-convertible rule ("switches")
+  against max_unpool2d's, both in Paddle Inference;
 - deployment (as infer.py runs it: the exported gradient-map model) in images/s at batch 1 and
   8, with Paddle Inference and, when paddle2onnx and onnxruntime are installed, with ONNX
   Runtime on the same model exported as model.onnx;
@@ -414,6 +416,9 @@ def main(argv=None) -> None:
                                                             method}, device, shape,
                                            args.batch_size) for method in METHODS}
         rows["setup_predictors"] = time.perf_counter() - started
+        switched_gradient = PredictorRunner(  # the max-pool rule that converts to ONNX
+            InputGradient(expert, cloner, config["lamda"], max_pool_rule="switches"), shape,
+            use_gpu=gpu, cpu_threads=cpu_thread_count(config))
         raw_gradient = PredictorRunner(InputGradient(expert, cloner, config["lamda"]), shape,
                                        use_gpu=gpu, cpu_threads=cpu_thread_count(config))
         naive_expert = Expert()
@@ -446,12 +451,14 @@ def main(argv=None) -> None:
             "loc": localization, "loc_naive": naive_localization,
             "batch_saliency": lambda: generators["gradients"](batch),
             "batch_raw_gradient": lambda: raw_gradient(batch),
+            "batch_switched_gradient": lambda: switched_gradient(batch),
             "batch_eager_fwd_bwd": eager_forward_backward,
         }
         for method in ("gradients", "gbp", "feature_diff"):
             variants[method] = lambda method=method: by_batches(generators[method], images,
                                                                 args.batch_size)
-        for name in ("detect", "loc", "batch_saliency", "batch_raw_gradient", "gbp",
+        for name in ("detect", "loc", "batch_saliency", "batch_raw_gradient",
+                     "batch_switched_gradient", "gbp",
                      "feature_diff"):  # oneDNN builds its kernels for each new batch shape
             variants[name]()
         times.update(interleaved(variants, args.repeats))
@@ -587,6 +594,9 @@ def format_report(r: dict) -> str:
         f"{t['batch_saliency'] / t['batch_eager_fwd_bwd']:.2f}x eager autograd "
         f"({t['batch_eager_fwd_bwd']:.2f} s), {t['batch_saliency'] / t['batch_raw_gradient']:.2f}x "
         f"the bare hand-written backward in Paddle Inference ({t['batch_raw_gradient']:.2f} s) |",
+        f"| that backward with max-pool's ONNX-convertible rule (switches) instead of "
+        f"max_unpool2d, Paddle Inference | {t['batch_switched_gradient']:.2f} s vs. "
+        f"{t['batch_raw_gradient']:.2f} s a batch of {args.batch_size} |",
     ]
     lines += deployment_rows(r["deployment"], t, n)
     train_step = 3 * flops["cloner"] * args.batch_size

@@ -19,6 +19,7 @@ def test_benchmark_tables(tmp_path):
     for row in ("| training, images/s |", "| detection, 4 images, s |",
                 "| gradient localization, 2 images, s |", "| saliency `feature_diff`",
                 "| FLOPs: training step", "| peak: float32 matmul",
+                "| that backward with max-pool's ONNX-convertible rule (switches)",
                 "| deployment: Paddle Inference, exported gradient-map model (infer.py) | "
                 "batch 1: "):
         assert row in tables, row
