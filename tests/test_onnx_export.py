@@ -210,3 +210,17 @@ def test_paddle_only_options_on_an_onnx_model_are_one_line_errors(onnx_models, d
                                       "--input_file", os.path.join(demo_root, "demo", "test"),
                                       "--save_dir", str(tmp_path), *options])
     assert needle in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                    reason="onnxruntime not installed (pip install -r requirements-extras.txt)")
+def test_a_corrupt_model_onnx_is_one_line_naming_it(demo_root, tmp_path, user_error):
+    model_file = tmp_path / "model.onnx"
+    model_file.write_bytes(b"not a protobuf")
+    (tmp_path / "inference.yml").write_text(yaml.safe_dump(
+        {"img_size": 64, "localization_method": "gradients", "image_threshold": 0.5}))
+    message = user_error(infer.main, ["--model_file", str(model_file), "--input_file",
+                                      os.path.join(demo_root, "demo", "test", "good"),
+                                      "--save_dir", str(tmp_path / "out")])
+    assert message.startswith(f"error: cannot load {model_file} (")
+    assert not (tmp_path / "out" / "scores.csv").exists()
