@@ -26,7 +26,7 @@ from utils.config import add_config_args
 from utils.errors import UserError, report_user_errors
 from utils.export_info import write_export_info
 from utils.image_files import check_folder_preprocessing
-from utils.onnx_export import DEFAULT_OPSET, to_onnx
+from utils.onnx_export import DEFAULT_OPSET, OPSET_RANGE, to_onnx
 from utils.optional import require
 from utils.visualize import RAW_MAP_METHODS
 
@@ -52,7 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="lowest ONNX opset to write (--format onnx; raised when the graph "
                              f"needs more; default {DEFAULT_OPSET})")
     add_config_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not OPSET_RANGE[0] <= args.opset_version <= OPSET_RANGE[1]:
+        parser.error(f"--opset_version must be in {OPSET_RANGE[0]}..{OPSET_RANGE[1]}, "
+                     f"got {args.opset_version}")
+    return args
 
 
 def export_info(config: dict, method: str, model_path: str, model_file: str) -> dict:

@@ -224,3 +224,12 @@ def test_a_corrupt_model_onnx_is_one_line_naming_it(demo_root, tmp_path, user_er
                                       "--save_dir", str(tmp_path / "out")])
     assert message.startswith(f"error: cannot load {model_file} (")
     assert not (tmp_path / "out" / "scores.csv").exists()
+
+
+@pytest.mark.parametrize("opset", ["6", "22"])
+def test_an_opset_paddle2onnx_cannot_write_is_refused(opset, capsys):
+    with pytest.raises(SystemExit) as stop:
+        export_model.parse_args(["--model_path", "m.pdparams", "--format", "onnx",
+                                 "--opset_version", opset])
+    assert stop.value.code == 2
+    assert f"--opset_version must be in 7..21, got {opset}" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from utils.errors import UserError
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OPSET = 13  # the lowest opset that holds the graph (DepthToSpace, TopK, ReduceSum axes)
+OPSET_RANGE = (7, 21)  # what paddle2onnx 2.1 writes; below 13 it raises the opset to 13
 BATCH_DIMENSION = "N"
 
 
@@ -28,7 +29,7 @@ def to_onnx(model_file: str, params_file: str, onnx_file: str, opset: int,
          "--metadata", json.dumps(metadata)],
         cwd=PROJECT_ROOT, capture_output=True, text=True)
     if done.returncode != 0 or not os.path.isfile(onnx_file):
-        raise UserError(f"paddle2onnx could not convert {model_file}: "
+        raise UserError("paddle2onnx could not convert the exported graph to ONNX: "
                         f"{failure_reason(done.stdout + done.stderr, done.returncode)}")
 
 
