@@ -36,16 +36,22 @@ def _per_image(values: paddle.Tensor, low: paddle.Tensor, high: paddle.Tensor) -
 
 
 def normalize_percentile(maps: paddle.Tensor) -> paddle.Tensor:
-    """[N, H, W]: scaled by (min, 99th percentile) and clipped, like NumPy's linear percentile."""
+    """[N, H, W]: scaled by (min, 99th percentile) and clipped, like NumPy's linear percentile.
+
+    Only the top 1 % of the values is sorted (topk): the same numbers as a full sort, faster, and
+    within TensorRT's TopK limit (k <= 3840) up to 600 x 600 maps once exported to ONNX."""
     h, w = maps.shape[1], maps.shape[2]
-    values = maps.reshape([-1, h * w])
-    flat = paddle.sort(values, axis=1)
-    position = PERCENTILE / 100.0 * (h * w - 1)
+    size = h * w
+    values = maps.reshape([-1, size])
+    position = PERCENTILE / 100.0 * (size - 1)
     below = int(math.floor(position))
     fraction = position - below
-    above = min(below + 1, h * w - 1)
-    low = flat[:, 0:1]
-    high = flat[:, below:below + 1] + (flat[:, above:above + 1] - flat[:, below:below + 1]) * fraction
+    above = min(below + 1, size - 1)
+    largest = paddle.topk(values, k=size - below, axis=1)[0]  # descending: rank r is at size-1-r
+    at_below = largest[:, size - 1 - below:size - below]
+    at_above = largest[:, size - 1 - above:size - above]
+    low = values.min(axis=1, keepdim=True)
+    high = at_below + (at_above - at_below) * fraction
     return _per_image(values, low, high).reshape([-1, h, w])
 
 
@@ -152,10 +158,11 @@ class AnomalyMapModel(nn.Layer):
 
     `gradients` and `gbp` maps are in [0, 1] per image; `feature_diff` maps keep the raw
     discrepancy so that they compare across images (an image-independent scale).
+    `max_pool_rule`: "switches" for a graph that converts to ONNX (backprop.MAX_POOL_RULES).
     """
 
     def __init__(self, expert, cloner, lamda: float, method: str = "gradients",
-                 direction_only: bool = False):
+                 direction_only: bool = False, max_pool_rule: str = "unpool"):
         super().__init__()
         if method not in EXPORTABLE_METHODS:
             raise ValueError(f"AnomalyMapModel supports {EXPORTABLE_METHODS}, not {method!r}")
@@ -163,7 +170,8 @@ class AnomalyMapModel(nn.Layer):
         self.lamda, self.direction_only = lamda, direction_only
         self.pair = DistillationPair(expert, cloner)
         self.input_gradient = InputGradient(expert, cloner, lamda, direction_only,
-                                            guided=(method == "gbp"))
+                                            guided=(method == "gbp"),
+                                            max_pool_rule=max_pool_rule)
 
     def forward(self, x: paddle.Tensor):
         if self.method == "feature_diff":

@@ -16,8 +16,11 @@ measures, in one process and interleaved `--repeats` times (the median is report
 - saliency images/s for every localization method (smooth grad and integrated gradients with
   `--smooth_grad_samples` / `--ig_steps`, fewer than the defaults 50 / 100), and a batch's
   saliency cost against one forward+backward of that batch;
-- a deployment predictor (as infer.py runs it: the exported gradient-map model, one image a
-  time) in images/s;
+- the hand-written backward of a batch with max-pool's ONNX-convertible rule ("switches")
+  against max_unpool2d's, both in Paddle Inference;
+- deployment (as infer.py runs it: the exported gradient-map model) in images/s at batch 1 and
+  8, with Paddle Inference and, when paddle2onnx and onnxruntime are installed, with ONNX
+  Runtime on the same model exported as model.onnx;
 - FLOPs of a training step and an evaluation pass counted from the layer shapes (conv:
   2 Cin Cout 9 Hout Wout per image forward, backward about twice that) and the achieved FLOP/s as a
   fraction of this machine's peak, taken from a large float32 matmul timed in the same run;
@@ -50,6 +53,7 @@ from dataloader import build_loader, build_test_loader
 from dataset import MVTecDataset
 from engine import (PredictorRunner, export_layer, make_predictor,
                     native_output_silenced, run_predictor)
+from export_model import write_model
 from metrics import PAPER_THRESHOLDS, loc_auc_paper
 from network import build_cloner
 from test_functions import MapGenerator, evaluate, make_scorer
@@ -58,6 +62,9 @@ from utils.config import build_config
 from utils.demo_data import make_demo_category
 from utils.device import cpu_thread_count, setup_device
 from utils.files import atomic_write_text
+from utils.onnx_runtime import make_session, run_session
+from utils.errors import UserError
+from utils.optional import import_optional, require
 from vgg import Expert, StagedFeatures
 
 # Measured elsewhere on a 2-core machine: 40 train / 30 test / 20 defective images, 128 px,
@@ -66,6 +73,7 @@ ANCHORS = {"pytorch": {"train": 4.7, "detect": 2.2, "maps": 4.8, "auc": 2.2, "lo
                        "memory": 1.2},
            "paddle_port": {"train": 0.40, "detect": 27.0, "loc": 52.0, "memory": 1.9}}
 METHODS = ("gradients", "gbp", "smooth_grad", "integrated_gradients", "feature_diff")
+DEPLOYMENT_BATCHES = (1, 8)
 
 
 def conv_flops(net: StagedFeatures, size: int) -> float:
@@ -310,6 +318,42 @@ def memory_runs(args, work: str, model_path: str, config: dict) -> Dict[str, Dic
     return result
 
 
+def deployment_runs(expert, cloner, config: dict, images: np.ndarray, work: str, gpu: bool,
+                    repeats: int) -> dict:
+    """Seconds to run all `images` through the exported gradient-map model in batches of 1 and
+    8, by Paddle Inference and (when installed) ONNX Runtime, interleaved; plus the ONNX Runtime
+    version, or what to install."""
+    threads, size = cpu_thread_count(config), images.shape[-1]
+    runners, result = {}, {"onnxruntime": None}
+    with tempfile.TemporaryDirectory(dir=work) as folder:
+        model_file = export_layer(AnomalyMapModel(expert, cloner, config["lamda"]),
+                                  os.path.join(folder, "model"), [3, size, size])
+        predictor = make_predictor(model_file, os.path.join(folder, "model.pdiparams"),
+                                   use_gpu=gpu, cpu_threads=threads)
+        runners["paddle"] = lambda batch: run_predictor(predictor, batch)
+        try:
+            require("paddle2onnx", "measuring ONNX Runtime")
+            ort = import_optional("onnxruntime", "measuring ONNX Runtime")
+        except UserError as error:  # a missing optional package: a row says what to install
+            result["missing"], ort = str(error), None
+        if ort:
+            onnx_layer = AnomalyMapModel(expert, cloner, config["lamda"],
+                                         max_pool_rule="switches")
+            onnx_file, _ = write_model(onnx_layer, os.path.join(folder, "onnx"), size, {})
+            cuda = gpu and "CUDAExecutionProvider" in ort.get_available_providers()
+            session = make_session(onnx_file, use_gpu=cuda, cpu_threads=threads)
+            runners["onnxruntime"] = lambda batch: run_session(session, batch)
+            result["onnxruntime"] = f"{ort.__version__} ({session.get_providers()[0]})"
+        variants = {}
+        for name, run in runners.items():
+            for batch in DEPLOYMENT_BATCHES:
+                run(images[:batch])  # oneDNN and ONNX Runtime prepare each new batch shape
+                variants[f"{name}_batch{batch}"] = (
+                    lambda run=run, batch=batch: by_batches(run, images, batch))
+        result["times"] = interleaved(variants, repeats)
+    return result
+
+
 def main(argv=None) -> None:
     """Parse the options, measure everything, print (and write) the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -394,6 +438,9 @@ def main(argv=None) -> None:
                                                             method}, device, shape,
                                            args.batch_size) for method in METHODS}
         rows["setup_predictors"] = time.perf_counter() - started
+        switched_gradient = PredictorRunner(  # the max-pool rule that converts to ONNX
+            InputGradient(expert, cloner, config["lamda"], max_pool_rule="switches"), shape,
+            use_gpu=gpu, cpu_threads=cpu_thread_count(config))
         raw_gradient = PredictorRunner(InputGradient(expert, cloner, config["lamda"]), shape,
                                        use_gpu=gpu, cpu_threads=cpu_thread_count(config))
         naive_expert = Expert()
@@ -426,12 +473,14 @@ def main(argv=None) -> None:
             "loc": localization, "loc_naive": naive_localization,
             "batch_saliency": lambda: generators["gradients"](batch),
             "batch_raw_gradient": lambda: raw_gradient(batch),
+            "batch_switched_gradient": lambda: switched_gradient(batch),
             "batch_eager_fwd_bwd": eager_forward_backward,
         }
         for method in ("gradients", "gbp", "feature_diff"):
             variants[method] = lambda method=method: by_batches(generators[method], images,
                                                                 args.batch_size)
-        for name in ("detect", "loc", "batch_saliency", "batch_raw_gradient", "gbp",
+        for name in ("detect", "loc", "batch_saliency", "batch_raw_gradient",
+                     "batch_switched_gradient", "gbp",
                      "feature_diff"):  # oneDNN builds its kernels for each new batch shape
             variants[name]()
         times.update(interleaved(variants, args.repeats))
@@ -447,15 +496,8 @@ def main(argv=None) -> None:
         reference = reference_loc_auc(maps, masks)
         times["auc_reference"] = time.perf_counter() - started
 
-        with tempfile.TemporaryDirectory(dir=work) as folder:
-            model_file = export_layer(AnomalyMapModel(expert, cloner, config["lamda"]),
-                                      os.path.join(folder, "model"), shape)
-            predictor = make_predictor(model_file, os.path.join(folder, "model.pdiparams"),
-                                       use_gpu=gpu, cpu_threads=cpu_thread_count(config))
-            run_predictor(predictor, images[:1])
-            times["predictor"] = statistics.median(
-                _timed(lambda: [run_predictor(predictor, image[None]) for image in images])
-                for _ in range(args.repeats))
+        deployment = deployment_runs(expert, cloner, config, images, work, gpu, args.repeats)
+        times.update(deployment.pop("times"))
 
         model_path = trainer.save_model(FINAL_MODEL, 0, {"selection": "benchmark"})
         peaks_by_run = memory_runs(args, work, model_path, config) if args.memory_images else {}
@@ -466,7 +508,8 @@ def main(argv=None) -> None:
     flops = {"cloner": conv_flops(cloner, args.img_size), "expert": conv_flops(expert,
                                                                                  args.img_size)}
     report = dict(args=args, rows=rows, times=times, peak=peak, peaks=peaks, flops=flops,
-                  memory=memory, gpu_memory=gpu_memory, memory_steps=memory_steps, device=device,
+                  deployment=deployment, memory=memory, gpu_memory=gpu_memory,
+                  memory_steps=memory_steps, device=device,
                   n_test=n_test, n_defect=n_defect, vectorised=vectorised, reference=reference,
                   load=(load_before, load_average()), steps_per_epoch=steps_per_epoch)
     text = format_report(report)
@@ -506,6 +549,22 @@ def training_rows(rows: Dict[str, float], device: str) -> List[str]:
             "images/s |",
             f"| training, eager with all {os.cpu_count()} cores | "
             f"{rows['train_all_threads']:.1f} images/s |"]
+
+
+def deployment_rows(deployment: dict, t: dict, n: int) -> List[str]:
+    """Paddle Inference and ONNX Runtime on the exported gradient-map model, or what to install."""
+    def speeds(name):
+        return ", ".join(f"batch {batch}: {n / t[f'{name}_batch{batch}']:.1f} images/s"
+                         for batch in DEPLOYMENT_BATCHES)
+
+    rows = [f"| deployment: Paddle Inference, exported gradient-map model (infer.py) | "
+            f"{speeds('paddle')} |"]
+    if deployment["onnxruntime"]:
+        rows.append(f"| deployment: ONNX Runtime {deployment['onnxruntime']}, the same model "
+                    f"as model.onnx | {speeds('onnxruntime')} |")
+    else:
+        rows.append(f"| deployment: ONNX Runtime | not measured: {deployment['missing']} |")
+    return rows
 
 
 def format_report(r: dict) -> str:
@@ -581,9 +640,11 @@ def format_report(r: dict) -> str:
         f"{t['batch_saliency'] / t['batch_eager_fwd_bwd']:.2f}x eager autograd "
         f"({t['batch_eager_fwd_bwd']:.2f} s), {t['batch_saliency'] / t['batch_raw_gradient']:.2f}x "
         f"the bare hand-written backward in Paddle Inference ({t['batch_raw_gradient']:.2f} s) |",
-        f"| deployment predictor (exported gradient-map model, one image a time) | "
-        f"{n / t['predictor']:.1f} images/s |",
+        f"| that backward with max-pool's ONNX-convertible rule (switches) instead of "
+        f"max_unpool2d, Paddle Inference | {t['batch_switched_gradient']:.2f} s vs. "
+        f"{t['batch_raw_gradient']:.2f} s a batch of {args.batch_size} |",
     ]
+    lines += deployment_rows(r["deployment"], t, n)
     train_step = 3 * flops["cloner"] * args.batch_size
     evaluation = flops["cloner"] + flops["expert"]
     achieved = [("training step (cloner forward + backward)", train_step,

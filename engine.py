@@ -137,10 +137,11 @@ def build_predictor(model_file: str, params_file: str, use_gpu: bool = False,
                     use_tensorrt: bool = False, batch_size: int = 1, gpu_mem: int = 500,
                     gpu_id: int = None, image_shape: Sequence[int] = None):
     """A Paddle Inference predictor with the usual deployment switches, and what was applied:
-    {'device', 'precision', 'enable_mkldnn', 'tensorrt' (None, or the engines and the
+    {'runtime', 'device', 'precision', 'enable_mkldnn', 'tensorrt' (None, or the engines and the
     operators left to Paddle), 'summary' (one line)}. `image_shape` [3, S, S] is needed for
     TensorRT; the predictor runs on `gpu_id` (default: this process's GPU, current_gpu_id())."""
-    applied = {"device": "cpu", "precision": "fp32", "enable_mkldnn": False, "tensorrt": None}
+    applied = {"runtime": "Paddle Inference", "device": "cpu", "precision": "fp32",
+               "enable_mkldnn": False, "tensorrt": None}
     tensorrt = use_gpu and use_tensorrt
     with tempfile.TemporaryDirectory(prefix="kdad-tensorrt-") if tensorrt else \
             contextlib.nullcontext() as folder:

@@ -2,11 +2,14 @@
 
     python export_model.py --model_path output/demo/demo/final_model.pdparams \
         --save_dir output/demo/inference --localization_method gradients
+    python export_model.py --model_path output/demo/demo/final_model.pdparams \
+        --save_dir output/demo/onnx --format onnx
 
 Input `image`: float32 [N, 3, S, S] (RGB in [0, 1], S the model's mvtec_img_size); outputs: the
-anomaly score [N] and the anomaly map [N, S, S]. Writes model.json (model.pdmodel with Paddle 2),
-model.pdiparams and inference.yml (size, preprocessing, map kind, image threshold) so that
-infer.py needs nothing else.
+anomaly score [N] and the anomaly map [N, S, S]. Writes model.json (model.pdmodel with Paddle 2)
+and model.pdiparams for Paddle Inference, or model.onnx (`--format onnx`, through paddle2onnx)
+for ONNX Runtime, OpenVINO or TensorRT; and inference.yml (size, preprocessing, map kind, image
+threshold) so that infer.py needs nothing else. A folder holds one exported model.
 """
 import argparse
 import os
@@ -16,16 +19,22 @@ import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off std
 import paddle
 
 from anomaly_map import EXPORTABLE_METHODS, AnomalyMapModel
-from engine import export_layer, find_model_file
+from engine import export_layer
 from trained_model import load_model, resolve_model
 from utils.checkpoint import load_model_info
 from utils.config import add_config_args
 from utils.errors import UserError, report_user_errors
 from utils.export_info import write_export_info
 from utils.image_files import check_folder_preprocessing
+from utils.onnx_export import DEFAULT_OPSET, OPSET_RANGE, to_onnx
+from utils.optional import require
 from utils.visualize import RAW_MAP_METHODS
 
 MODEL_PREFIX = "model"
+PARAMS_FILE = MODEL_PREFIX + ".pdiparams"
+FORMATS = ("paddle", "onnx")
+# every file an export writes: each export removes the others', as inference.yml describes one
+MODEL_SUFFIXES = (".json", ".pdmodel", ".pdiparams", ".onnx")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,11 +42,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model_path", required=True,
                         help="cloner checkpoint, e.g. output/<class>/final_model.pdparams")
     parser.add_argument("--save_dir", default="output/inference",
-                        help="model.json, model.pdiparams and inference.yml go here")
+                        help="the model files and inference.yml go here")
     parser.add_argument("--localization_method", choices=EXPORTABLE_METHODS, default=None,
                         help="anomaly map kind (default: the model's saved config, if exportable)")
+    parser.add_argument("--format", choices=FORMATS, default="paddle",
+                        help="paddle: model.json + model.pdiparams for Paddle Inference; onnx: "
+                             "model.onnx (needs paddle2onnx)")
+    parser.add_argument("--opset_version", type=int, default=DEFAULT_OPSET,
+                        help="lowest ONNX opset to write (--format onnx; raised when the graph "
+                             f"needs more; default {DEFAULT_OPSET})")
     add_config_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not OPSET_RANGE[0] <= args.opset_version <= OPSET_RANGE[1]:
+        parser.error(f"--opset_version must be in {OPSET_RANGE[0]}..{OPSET_RANGE[1]}, "
+                     f"got {args.opset_version}")
+    return args
 
 
 def export_info(config: dict, method: str, model_path: str, model_file: str) -> dict:
@@ -45,10 +64,12 @@ def export_info(config: dict, method: str, model_path: str, model_file: str) -> 
     size = config["mvtec_img_size"]
     stored = load_model_info(model_path)
     threshold = stored.get("image_threshold")
+    onnx = model_file.endswith(".onnx")
     return {
         "model_name": "KDAD",
+        "format": "onnx" if onnx else "paddle",
         "model_file": os.path.basename(model_file),
-        "params_file": MODEL_PREFIX + ".pdiparams",
+        "params_file": None if onnx else PARAMS_FILE,
         "img_size": size,
         "input": {"name": "image", "shape": [-1, 3, size, size], "dtype": "float32"},
         "outputs": {"score": "[N] anomaly score, higher is more anomalous",
@@ -69,6 +90,9 @@ def export_info(config: dict, method: str, model_path: str, model_file: str) -> 
 
 def export(args: argparse.Namespace, log=print) -> str:
     """Writes the static model and inference.yml; returns the model file."""
+    onnx = args.format == "onnx"
+    if onnx:
+        require("paddle2onnx", "export_model.py --format onnx")
     config, model_path = resolve_model(args)
     check_folder_preprocessing(config, model_path)
     method = args.localization_method or config["localization_method"]
@@ -79,26 +103,59 @@ def export(args: argparse.Namespace, log=print) -> str:
     paddle.set_device("cpu")
     expert, cloner, config = load_model(config, model_path, log)
     size = config["mvtec_img_size"]
-    layer = AnomalyMapModel(expert, cloner, config["lamda"], method, config["direction_loss_only"])
-    prefix = os.path.join(args.save_dir, MODEL_PREFIX)
-    os.makedirs(args.save_dir, exist_ok=True)
-    # export into a scratch folder first: a failed export leaves the previous model as it was
-    with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=args.save_dir) as scratch:
-        exported = export_layer(layer, os.path.join(scratch, MODEL_PREFIX), [3, size, size])
-        for suffix in (".json", ".pdmodel", ".pdiparams"):  # never leave a stale graph beside it
-            if os.path.isfile(prefix + suffix):
-                os.remove(prefix + suffix)
-        os.replace(os.path.join(scratch, MODEL_PREFIX + ".pdiparams"), prefix + ".pdiparams")
-        model_file = prefix + os.path.splitext(exported)[1]
-        os.replace(exported, model_file)
-    info = export_info(config, method, model_path, find_model_file(prefix))
+    # the ONNX graph takes the max-pool backward's convertible form: the same numbers
+    layer = AnomalyMapModel(expert, cloner, config["lamda"], method, config["direction_loss_only"],
+                            max_pool_rule="switches" if onnx else "unpool")
+    metadata = export_info(config, method, model_path, "model.onnx") if onnx else None
+    model_file, removed = write_model(layer, args.save_dir, size, metadata, args.opset_version)
+    if removed:
+        log(f"note: removed {', '.join(removed)} of an earlier export: a folder holds one model, "
+            "which its inference.yml describes")
+    info = export_info(config, method, model_path, model_file)
+    if onnx:
+        info["opset_version"] = onnx_opset(model_file)
     info_file = write_export_info(args.save_dir, info)
     if info["image_threshold"] is None:
         log(f"note: {model_path} has no stored image threshold; infer.py will need "
             "--score_threshold")
-    log(f"exported {method} model for [N, 3, {size}, {size}] input: {model_file}, "
-        f"{prefix}.pdiparams, {info_file}")
+    files = [model_file] if onnx else [model_file, os.path.join(args.save_dir, PARAMS_FILE)]
+    log(f"exported {method} model for [N, 3, {size}, {size}] input: {', '.join(files)}, "
+        f"{info_file}")
     return model_file
+
+
+def write_model(layer, save_dir: str, size: int, onnx_metadata: dict = None,
+                opset: int = DEFAULT_OPSET):
+    """(model file, other-format files removed): the Paddle graph and weights, or model.onnx
+    when `onnx_metadata` is given. Written in a scratch folder first, so that a failed export
+    leaves the previous model as it was; then no stale graph is left beside the new one."""
+    os.makedirs(save_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=save_dir) as scratch:
+        scratch_prefix = os.path.join(scratch, MODEL_PREFIX)
+        graph = export_layer(layer, scratch_prefix, [3, size, size])
+        if onnx_metadata is None:
+            written = [graph, scratch_prefix + ".pdiparams"]
+        else:
+            to_onnx(graph, scratch_prefix + ".pdiparams", scratch_prefix + ".onnx", opset,
+                    onnx_metadata)
+            written = [scratch_prefix + ".onnx"]
+        old = [os.path.join(save_dir, MODEL_PREFIX + suffix) for suffix in MODEL_SUFFIXES]
+        old = [path for path in old if os.path.isfile(path)]
+        for path in old:
+            os.remove(path)
+        for path in written:
+            os.replace(path, os.path.join(save_dir, os.path.basename(path)))
+    model_file = os.path.join(save_dir, os.path.basename(written[0]))
+    removed = [path for path in old if path.endswith(".onnx") != model_file.endswith(".onnx")]
+    return model_file, removed
+
+
+def onnx_opset(model_file: str) -> int:
+    """The default-domain opset that model.onnx declares."""
+    import onnx  # installed with paddle2onnx
+
+    model = onnx.load(model_file, load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 @report_user_errors

@@ -1,7 +1,10 @@
-"""Run an exported KDAD model with Paddle Inference: score, verdict and heatmap per image.
+"""Run an exported KDAD model: score, verdict and heatmap per image, with Paddle Inference
+(model.json / model.pdmodel) or with ONNX Runtime (model.onnx), chosen by the model file.
 
     python infer.py --model_file output/demo/inference/model.json \
         --input_file data/demo/demo/test --save_dir output/demo/infer
+    python infer.py --model_file output/demo/onnx/model.onnx \
+        --input_file data/demo/demo/test --save_dir output/demo/infer_onnx
 
 Preprocessing is training's (RGB, PIL bilinear resize to the exported size, [0, 1]); the size,
 the map kind and the image threshold come from the inference.yml that export_model.py wrote beside
@@ -22,6 +25,7 @@ from utils.device import gpu_available, usable_cores
 from utils.errors import UserError, report_user_errors
 from utils.export_info import export_info_path, read_export_info
 from utils.image_files import chunks, list_images, picture_names
+from utils.onnx_runtime import is_onnx, make_session, run_session, session_applied
 from utils.predictions import Prediction, choose_threshold, write_predictions_csv
 from utils.visualize import display_image, save_prediction_figure
 
@@ -39,10 +43,12 @@ def str2bool(text: str) -> bool:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Paddle Inference on an exported KDAD model.")
+    parser = argparse.ArgumentParser(
+        description="Paddle Inference or ONNX Runtime on an exported KDAD model.")
     parser.add_argument("--model_file", required=True,
-                        help="model.json (Paddle 3) or model.pdmodel (Paddle 2); either name "
-                             "finds the other when only that one exists")
+                        help="model.json (Paddle 3) or model.pdmodel (Paddle 2), either name "
+                             "finding the other when only that one exists; or model.onnx, run "
+                             "with ONNX Runtime")
     parser.add_argument("--params_file", default=None,
                         help="default: model.pdiparams beside the model file")
     parser.add_argument("-i", "--input_file", required=True, help="an image or a folder of images")
@@ -51,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("-b", "--batch_size", type=int, default=1)
     parser.add_argument("--use_gpu", type=str2bool, default=False)
     parser.add_argument("--enable_mkldnn", type=str2bool, default=True,
-                        help="oneDNN on CPU (several times faster)")
+                        help="oneDNN on CPU (several times faster); Paddle Inference only")
     parser.add_argument("--cpu_threads", type=int, default=None, help="default: all cores")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16: CPU with oneDNN; fp16: GPU with TensorRT (int8 is refused: "
@@ -75,7 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Combinations Paddle Inference cannot honour are errors, not silent fallbacks."""
+    """Combinations the runtime cannot honour are errors, not silent fallbacks."""
+    if is_onnx(args.model_file):
+        if args.use_tensorrt or args.precision != "fp32":
+            raise UserError("--use_tensorrt and --precision other than fp32 apply to Paddle "
+                            f"Inference; ONNX Runtime runs {args.model_file} in fp32")
+        return
     if args.use_gpu and not gpu_available():
         raise UserError("--use_gpu True, but this Paddle build has no usable GPU (install "
                         "paddlepaddle-gpu, or pass --use_gpu False)")
@@ -88,7 +99,12 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def resolve_model_files(model_file: str, params_file: str = None, log=print) -> Tuple[str, str]:
-    """(graph file, weights file): `model.pdmodel` and `model.json` stand for each other."""
+    """(graph file, weights file): `model.pdmodel` and `model.json` stand for each other; a
+    model.onnx holds its weights (None)."""
+    if is_onnx(model_file):
+        if not os.path.isfile(model_file):
+            raise UserError(f"model file not found: {model_file}")
+        return model_file, None
     prefix, extension = os.path.splitext(model_file)
     if not os.path.isfile(model_file):
         try:
@@ -106,20 +122,27 @@ def resolve_model_files(model_file: str, params_file: str = None, log=print) -> 
     return model_file, params_file
 
 
-def create_predictor(args: argparse.Namespace, model_file: str, params_file: str, size: int):
-    """engine.build_predictor with the command line's switches: (predictor, what was applied);
-    a broken model is one line."""
+def create_runner(args: argparse.Namespace, model_file: str, params_file: str, size: int):
+    """(images -> the model's outputs, what was applied): ONNX Runtime for a model.onnx, else a
+    Paddle Inference predictor with the command line's switches (engine.build_predictor); a
+    broken model is one line."""
     try:
-        return build_predictor(model_file, params_file, use_gpu=args.use_gpu,
-                               enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads,
-                               precision=args.precision, use_tensorrt=args.use_tensorrt,
-                               batch_size=args.batch_size, gpu_mem=args.gpu_mem,
-                               image_shape=[3, size, size])
+        if is_onnx(model_file):
+            session = make_session(model_file, args.use_gpu, args.cpu_threads)
+            return (lambda images: run_session(session, images)), session_applied(
+                session, model_file, args.cpu_threads)
+        predictor, applied = build_predictor(
+            model_file, params_file, use_gpu=args.use_gpu, enable_mkldnn=args.enable_mkldnn,
+            cpu_threads=args.cpu_threads, precision=args.precision,
+            use_tensorrt=args.use_tensorrt, batch_size=args.batch_size, gpu_mem=args.gpu_mem,
+            image_shape=[3, size, size])
+        return (lambda images: run_predictor(predictor, images)), applied
     except UserError:
         raise
-    except Exception as error:  # Paddle raises many types, with many-line messages
+    except Exception as error:  # Paddle and ONNX Runtime raise many types, many-line messages
         message = str(error).strip().splitlines()
-        raise UserError(f"cannot load {model_file} with {params_file} "
+        weights = f" with {params_file}" if params_file else ""
+        raise UserError(f"cannot load {model_file}{weights} "
                         f"({type(error).__name__}: {message[0] if message else ''})") from None
 
 
@@ -138,12 +161,12 @@ def split_outputs(outputs: List[np.ndarray], size: int,
 
 
 def run_config(args: argparse.Namespace, applied: dict) -> dict:
-    """The predictor settings that were applied (engine.build_predictor), in auto_log's
-    vocabulary."""
+    """The settings that were applied (engine.build_predictor, session_applied), in auto_log's
+    vocabulary, and the runtime."""
     return {"runtime_device": applied["device"].split(":")[0], "ir_optim": True,
             "enable_tensorrt": applied["tensorrt"] is not None,
             "precision": applied["precision"], "enable_mkldnn": applied["enable_mkldnn"],
-            "cpu_math_library_num_threads": args.cpu_threads}
+            "cpu_math_library_num_threads": args.cpu_threads, "runtime": applied["runtime"]}
 
 
 def infer(args: argparse.Namespace, log=print) -> dict:
@@ -156,14 +179,14 @@ def infer(args: argparse.Namespace, log=print) -> dict:
                                  export_info_path(model_file))
     paths = list_images(args.input_file, exclude=args.save_dir)
     pictures = picture_names(paths, args.input_file)
-    predictor, applied = create_predictor(args, model_file, params_file, size)
+    run_model, applied = create_runner(args, model_file, params_file, size)
     log(f"predictor: {applied['summary']}")
     benchmark = None
     if args.enable_benchmark:
         benchmark = Benchmark("KDAD", applied["precision"], args.batch_size,
                               f"[N, 3, {size}, {size}]", run_config(args, applied),
                               os.path.join(args.save_dir, "auto_log.log"))
-        run_predictor(predictor, np.stack([load_image(p, size) for p in paths[:args.batch_size]]))
+        run_model(np.stack([load_image(p, size) for p in paths[:args.batch_size]]))
     predictions, all_maps, started = [], [], time.perf_counter()
     for start, batch in zip(range(0, len(paths), args.batch_size), chunks(paths, args.batch_size)):
         if benchmark:
@@ -171,7 +194,7 @@ def infer(args: argparse.Namespace, log=print) -> dict:
         images = np.stack([load_image(path, size) for path in batch])
         if benchmark:
             benchmark.stamp()
-        scores, maps = split_outputs(run_predictor(predictor, images), size, model_file)
+        scores, maps = split_outputs(run_model(images), size, model_file)
         if benchmark:
             benchmark.stamp()
         for offset, (path, score, anomaly_map) in enumerate(zip(batch, scores, maps)):

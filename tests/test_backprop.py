@@ -4,7 +4,9 @@ import paddle
 import pytest
 from paddle import nn
 
-from backprop import InputGradient
+from anomaly_map import AnomalyMapModel
+from backprop import MAX_POOL_RULES, InputGradient
+from engine import EagerRunner, PredictorRunner
 from loss_functions import anomaly_score
 from network import Cloner
 from vgg import Expert
@@ -108,3 +110,74 @@ def test_batched_gradients_equal_one_image_at_a_time(networks, hand_written, gui
     # and the middle image's own autograd gradient, computed alone
     _, alone = autograd_input_gradient(expert, cloner, images[1:2], guided)
     assert_gradients_close(grads[1], alone[0])
+
+
+def first_max_unpool(x: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """NumPy, a loop over windows: each 2x2 window's gradient to its first maximum in row-major
+    order, the rule max_pool2d's mask and max_unpool2d follow."""
+    out = np.zeros_like(x)
+    n, c, h, w = x.shape
+    for i, j, r, s in np.ndindex(n, c, h // 2, w // 2):
+        window = x[i, j, 2 * r:2 * r + 2, 2 * s:2 * s + 2].ravel()
+        corner = int(np.argmax(window))  # NumPy's argmax returns the first maximum
+        out[i, j, 2 * r + corner // 2, 2 * s + corner % 2] = grad[i, j, r, s]
+    return out
+
+
+def tied_activations(rng) -> np.ndarray:
+    """[2, 3, 8, 8] post-ReLU values full of ties: ReLU zeros, flat patches, every pattern of
+    equal corners in a window, and windows without ties."""
+    x = np.maximum(rng.standard_normal((2, 3, 8, 8)), 0).astype(np.float32)
+    x[0, 0, :4, :4] = 0.75  # a flat patch: four windows of four equal maxima
+    x[1, 2] = 0.0  # a channel of ReLU zeros
+    for pattern in range(16):  # which corners of window `pattern` share the maximum 2.0
+        r, s = divmod(pattern, 4)
+        window = x[0, 1, 2 * r:2 * r + 2, 2 * s:2 * s + 2]
+        window[...] = 1.0
+        for corner in range(4):
+            if pattern >> corner & 1:
+                window[corner // 2, corner % 2] = 2.0
+    return x
+
+
+@pytest.mark.parametrize("rule", sorted(MAX_POOL_RULES))
+def test_max_pool_rules_send_ties_to_the_first_maximum(rule, rng):
+    x = tied_activations(rng)
+    grad = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    forward, backward = MAX_POOL_RULES[rule]
+    pooled, saved = forward(paddle.to_tensor(x))
+    np.testing.assert_array_equal(pooled.numpy(), x.reshape(2, 3, 4, 2, 4, 2).max(axis=(3, 5)))
+    np.testing.assert_array_equal(backward(paddle.to_tensor(grad), saved).numpy(),
+                                  first_max_unpool(x, grad))
+
+
+def tied_images(rng) -> np.ndarray:
+    """Images whose activations tie everywhere: black, flat grey, half flat, a noisy one."""
+    images = rng.random((4, 3, SIZE, SIZE)).astype(np.float32)
+    images[0] = 0.0
+    images[1] = 0.5
+    images[2, :, :SIZE // 2] = 0.25
+    return images
+
+
+@pytest.mark.parametrize("method", ["gradients", "gbp"])
+def test_both_max_pool_rules_give_the_same_maps_eager_and_in_paddle_inference(networks, rng,
+                                                                              method):
+    """The ONNX-convertible rule changes no number: eagerly and under oneDNN alike."""
+    expert, cloner, _ = networks
+    images = tied_images(rng)
+    outputs = {}
+    for rule in MAX_POOL_RULES:
+        layer = AnomalyMapModel(expert, cloner, LAMDA, method, max_pool_rule=rule)
+        outputs[rule, "eager"] = EagerRunner(layer)(images)
+        outputs[rule, "onednn"] = PredictorRunner(layer, [3, SIZE, SIZE], use_gpu=False,
+                                                  cpu_threads=2)(images)
+    for engine in ("eager", "onednn"):
+        for unpooled, switched in zip(outputs["unpool", engine], outputs["switches", engine]):
+            np.testing.assert_array_equal(switched, unpooled)
+    assert outputs["switches", "eager"][1].std(axis=(1, 2)).min() > 0  # maps, not blanks
+
+
+def test_switches_rule_refuses_odd_sizes():
+    with pytest.raises(ValueError, match="even sizes"):
+        MAX_POOL_RULES["switches"][0](paddle.zeros([1, 1, 5, 4]))

@@ -70,7 +70,8 @@ class Benchmark:
         log("----------------------- KDAD inference benchmark -----------------------")
         log(f"model_name: {d['model_name']}, precision: {d['precision']}, "
             f"input_shape: {d['data_shape']}")
-        log(f"runtime_device: {d['runtime_device']}, enable_mkldnn: {d['enable_mkldnn']}, "
+        log(f"runtime: {d.get('runtime', 'Paddle Inference')}, "
+            f"runtime_device: {d['runtime_device']}, enable_mkldnn: {d['enable_mkldnn']}, "
             f"cpu_math_library_num_threads: {d['cpu_math_library_num_threads']}, "
             f"enable_tensorrt: {d['enable_tensorrt']}")
         log(f"batch_size: {d['batch_size']}, data_num: {self.images} images in {self.batches} "
