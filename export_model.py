@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="model.json, model.pdiparams and inference.yml go here")
     parser.add_argument("--localization_method", choices=EXPORTABLE_METHODS, default=None,
                         help="anomaly map kind (default: the model's saved config, if exportable)")
-    add_config_args(parser)
+    add_config_args(parser, data_args=False)
     return parser.parse_args(argv)
 
 
