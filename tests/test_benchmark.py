@@ -3,6 +3,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 TINY = ["--img_size", "32", "--batch_size", "4", "--num_train", "4", "--num_test_good", "2",
@@ -10,6 +12,7 @@ TINY = ["--img_size", "32", "--batch_size", "4", "--num_train", "4", "--num_test
         "--smooth_grad_samples", "2", "--ig_steps", "2", "--memory_images"]
 
 
+@pytest.mark.slow
 def test_benchmark_tables(tmp_path):
     output = tmp_path / "benchmark.md"
     result = subprocess.run([sys.executable, "benchmark.py", *TINY, "--output", str(output)],

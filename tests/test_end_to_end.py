@@ -107,6 +107,7 @@ def test_train_takes_save_dir_like_test_py(tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "magnetic_tile")),
                     reason="../shared/data/magnetic_tile is not here")
+@pytest.mark.slow
 def test_smoke_on_real_magnetic_tile_photographs(tmp_path, expert_file):
     """Real, non-square grayscale photographs in the MVTec layout: one epoch, then test.py."""
     root = tmp_path / "data"

@@ -244,12 +244,14 @@ def test_config_mistake_in_a_file(user_error, tmp_path, data_root):
      "'localization_method'"),
     (["-m", "utils.convert_weights", "missing.pdparams", "out.safetensors"], "missing.pdparams"),
 ])
+@pytest.mark.slow
 def test_real_command_lines_print_one_error_line(args, culprit):
     """Paddle's import-time notes must not come before the error on stderr."""
     completed = run_script(args)
     assert culprit in error_line(completed.returncode, completed.stderr)
 
 
+@pytest.mark.slow
 def test_ctrl_c_or_sigterm_anywhere_is_one_line_and_exit_130_or_143(capsys):
     @report_user_errors
     def interrupted():
