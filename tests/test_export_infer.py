@@ -67,6 +67,7 @@ def run_infer(folder, input_file, save_dir, *extra):
 
 
 @pytest.mark.parametrize("method", ["gradients", "feature_diff"])
+@pytest.mark.slow
 def test_infer_reproduces_test_py(method, exported, test_script_results, trained_model,
                                   demo_root, tmp_path):
     out = tmp_path / "infer"

@@ -41,6 +41,7 @@ def run_predict(capsys, *args):
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_folder_gives_a_picture_and_a_verdict_per_image(trained_model, demo_root, tmp_path,
                                                         capsys):
     test_dir = os.path.join(demo_root, "demo", "test")
@@ -67,6 +68,7 @@ def test_folder_gives_a_picture_and_a_verdict_per_image(trained_model, demo_root
         assert f"{row['path']}: score" in printed and verdict in printed
 
 
+@pytest.mark.slow
 def test_score_threshold_overrides_the_stored_one_for_a_single_image(trained_model, demo_root,
                                                                       tmp_path, capsys):
     image = os.path.join(demo_root, "demo", "test", "good", "000.png")
@@ -98,6 +100,7 @@ def test_non_image_files_are_skipped(tmp_path, demo_root):
     assert picture_names(found, str(folder)) == ["b.jpg.png", "b.png.png", "sub/a.png"]
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_is_one_line_naming_it(trained_model, tmp_path, capsys, demo_root):
     folder = tmp_path / "images"
     folder.mkdir()

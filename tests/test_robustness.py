@@ -114,7 +114,8 @@ def truncate(path):
         stream.write(data[:len(data) // 2])
 
 
-@pytest.mark.parametrize("storage", ["memory", "float16", "disk", "none"])
+@pytest.mark.parametrize("storage", ["memory", *[pytest.param(storage, marks=pytest.mark.slow)
+                                                for storage in ("float16", "disk", "none")]])
 @pytest.mark.parametrize("broken", ["train/good/002.png", "test/scratch/000.png",
                                     "ground_truth/blob/000_mask.png"])
 def test_broken_image_stops_training_before_epoch_0(user_error, config_file, own_root, tmp_path,
