@@ -1,6 +1,7 @@
 """The training step layer, and the CPU threads of the eager training step."""
 import numpy as np
 import paddle
+import pytest
 
 from conftest import make_config
 from loss_functions import MseDirectionLoss
