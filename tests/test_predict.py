@@ -68,7 +68,6 @@ def test_folder_gives_a_picture_and_a_verdict_per_image(trained_model, demo_root
         assert f"{row['path']}: score" in printed and verdict in printed
 
 
-@pytest.mark.slow
 def test_score_threshold_overrides_the_stored_one_for_a_single_image(trained_model, demo_root,
                                                                       tmp_path, capsys):
     image = os.path.join(demo_root, "demo", "test", "good", "000.png")

@@ -162,8 +162,10 @@ def test_every_module_has_a_fast_test_that_calls_into_it():
 
 def make_dry_run(*targets) -> str:
     """The commands `make` would run, treating the virtualenv as installed unless asked."""
-    result = subprocess.run(["make", "-n", *targets], cwd=ROOT, capture_output=True, text=True,
-                            check=True)
+    env = {key: value for key, value in os.environ.items()  # also when make runs the tests
+           if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", *targets], cwd=ROOT, env=env,
+                            capture_output=True, text=True, check=True)
     return result.stdout
 
 
