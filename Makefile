@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup demo test test-all clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt $(wildcard requirements-extras.txt)
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.txt
 	@echo "== creating $(VENV) and installing the requirements (a few minutes the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip

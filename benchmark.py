@@ -22,7 +22,8 @@ measures, in one process and interleaved `--repeats` times (the median is report
   2 Cin Cout 9 Hout Wout per image forward, backward about twice that) and the achieved FLOP/s as a
   fraction of this machine's peak, taken from a large float32 matmul timed in the same run;
 - peak memory (RSS) of train.py (one epoch) and of test.py on `--memory_images` generated test
-  images, each in its own process.
+  images, each in its own process; on a GPU also the peak GPU memory Paddle allocated
+  (paddle.device.cuda.max_memory_allocated), and no rows about CPU threads.
 
 It prints Markdown tables (written to --output as well). Machine load changes the numbers: the
 load average at the start and end is printed with them.
@@ -209,7 +210,8 @@ class NaiveTraining:
         self.criterion = trainer.criterion
         self.optimizer = paddle.optimizer.Adam(learning_rate=config["learning_rate"],
                                                parameters=self.cloner.parameters())
-        self.images = trainer.train_cache.images
+        images = trainer.train_cache.images  # on a GPU the cache is a host array
+        self.images = images if isinstance(images, paddle.Tensor) else paddle.to_tensor(images)
         self.batch_size, self.steps = config["batch_size"], steps
 
     def __call__(self) -> None:
@@ -246,7 +248,8 @@ def naive_maps(score_model: ScoreModel, loader) -> np.ndarray:
 
 
 # Runs a script and reports the process's peak RSS (VmHWM, Linux): a child's ru_maxrss would
-# include the RSS of this large benchmark process at fork time.
+# include the RSS of this large benchmark process at fork time. After a run on a GPU, also the
+# peak GPU memory Paddle allocated there.
 _PEAK_WRAPPER = """import runpy, sys
 sys.argv = sys.argv[1:]
 try:
@@ -254,27 +257,42 @@ try:
 finally:
     status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
     sys.stderr.write("PEAK_RSS_KB " + status + "\\n")
+    import paddle
+    if paddle.device.get_device().startswith("gpu"):
+        allocated = paddle.device.cuda.max_memory_allocated()
+        sys.stderr.write("PEAK_GPU_BYTES " + str(allocated) + "\\n")
 """
+
+
+def peak_memory_mb(script_and_args: List[str], cwd: str) -> Dict[str, float]:
+    """Run `python script args...` in a new process: its peak resident memory in MB ('rss') and,
+    when it ran on a GPU, the peak GPU memory Paddle allocated in MB ('gpu')."""
+    done = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *script_and_args], cwd=cwd,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks = {key: [line.split()[1] for line in done.stderr.splitlines()
+                   if line.startswith(tag + " ")]
+             for key, tag in (("rss", "PEAK_RSS_KB"), ("gpu", "PEAK_GPU_BYTES"))}
+    if done.returncode != 0 or not peaks["rss"]:
+        raise RuntimeError(f"{' '.join(script_and_args)} failed:\n{done.stderr[-2000:]}")
+    result = {"rss": int(peaks["rss"][-1]) / 1024.0}
+    if peaks["gpu"]:
+        result["gpu"] = int(peaks["gpu"][-1]) / 1024.0 ** 2
+    return result
 
 
 def peak_rss_mb(script_and_args: List[str], cwd: str) -> float:
     """Run `python script args...` in a new process; its peak resident memory in MB."""
-    done = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *script_and_args], cwd=cwd,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peaks = [line.split()[1] for line in done.stderr.splitlines()
-             if line.startswith("PEAK_RSS_KB ")]
-    if done.returncode != 0 or not peaks:
-        raise RuntimeError(f"{' '.join(script_and_args)} failed:\n{done.stderr[-2000:]}")
-    return int(peaks[-1]) / 1024.0
+    return peak_memory_mb(script_and_args, cwd)["rss"]
 
 
-def memory_runs(args, work: str, model_path: str, config: dict) -> Dict[str, float]:
-    """Peak RSS of train.py (one epoch) and of test.py on the generated memory categories."""
+def memory_runs(args, work: str, model_path: str, config: dict) -> Dict[str, Dict[str, float]]:
+    """Peak RSS of train.py (one epoch) and of test.py on the generated memory categories (MB,
+    under 'rss'), and on a GPU their peak GPU memory (under 'gpu')."""
     here = os.path.dirname(os.path.abspath(__file__))
     settings = ["-o", f"mvtec_img_size={args.img_size}", "-o", f"batch_size={args.batch_size}",
                 "-o", f"device={args.device}",
                 "-o", "pretrain=false", "-o", "seed=0", "-o", f"log_dir={work}/logs"]
-    result = {"train": peak_rss_mb(
+    result = {"train": peak_memory_mb(
         ["train.py", "--config", "configs/demo.yaml", "--dataset_root",
          config["dataset_root"], "--normal_class", "bench", "-o", "num_epochs=0",
          "-o", f"save_dir={work}/memory_train", *settings], here)}
@@ -282,11 +300,11 @@ def memory_runs(args, work: str, model_path: str, config: dict) -> Dict[str, flo
         good = max(1, count // 5)
         make_demo_category(f"{work}/memory", f"test{count}", size=args.img_size, num_train=1,
                            num_test_good=good, num_per_defect=(count - good) // 2, seed=count)
-        result[f"test{count}"] = peak_rss_mb(
+        result[f"test{count}"] = peak_memory_mb(
             ["test.py", "--model_path", model_path, "--dataset_root",
              f"{work}/memory", "--normal_class", f"test{count}", *settings], here)
     smallest = min(args.memory_images)
-    result["test_batch2"] = peak_rss_mb(
+    result["test_batch2"] = peak_memory_mb(
         ["test.py", "--model_path", model_path, "--dataset_root", f"{work}/memory",
          "--normal_class", f"test{smallest}", *settings, "-o", "eval_batch_size=2"], here)
     return result
@@ -334,20 +352,24 @@ def main(argv=None) -> None:
         trainer = Trainer(config)
         trainer.setup()
         rows["setup_cache"] = time.perf_counter() - started
-        all_threads = Trainer({**config, "train_cpu_threads": 0})
-        all_threads.setup()
+        all_threads = None if gpu else Trainer({**config, "train_cpu_threads": 0})
+        if all_threads is not None:  # CPU threads mean nothing to a GPU's training step
+            all_threads.setup()
         compiled = Trainer({**config, "train_cpu_threads": 0})
         compiled.setup()
         compiled.step = compile_step(compiled.step)
         naive = NaiveTraining(trainer, config, args.naive_train_steps)
         steps_per_epoch = len(trainer.sampler)
         compiled.run_epoch(0)  # traces the program
-        times = interleaved({"train": lambda: trainer.run_epoch(0),
-                             "train_all_threads": lambda: all_threads.run_epoch(0),
-                             "train_compiled": lambda: compiled.run_epoch(0),
-                             "train_naive": naive}, args.repeats)
+        variants = {"train": lambda: trainer.run_epoch(0),
+                    "train_all_threads": lambda: all_threads.run_epoch(0),
+                    "train_compiled": lambda: compiled.run_epoch(0), "train_naive": naive}
+        if all_threads is None:
+            del variants["train_all_threads"]
+        times = interleaved(variants, args.repeats)
         for name in ("train", "train_all_threads", "train_compiled"):
-            rows[name] = args.num_train / times[name]
+            if name in times:
+                rows[name] = args.num_train / times[name]
         rows["train_naive"] = args.num_train / (times["train_naive"] * steps_per_epoch
                                                 / args.naive_train_steps)
         del all_threads, compiled, naive
@@ -436,13 +458,15 @@ def main(argv=None) -> None:
                 for _ in range(args.repeats))
 
         model_path = trainer.save_model(FINAL_MODEL, 0, {"selection": "benchmark"})
-        memory = memory_runs(args, work, model_path, config) if args.memory_images else {}
+        peaks_by_run = memory_runs(args, work, model_path, config) if args.memory_images else {}
+        memory = {run: peaks["rss"] for run, peaks in peaks_by_run.items()}
+        gpu_memory = {run: peaks["gpu"] for run, peaks in peaks_by_run.items() if "gpu" in peaks}
 
     n_test, n_defect = len(test_loader.dataset), len(defective)
     flops = {"cloner": conv_flops(cloner, args.img_size), "expert": conv_flops(expert,
                                                                                  args.img_size)}
     report = dict(args=args, rows=rows, times=times, peak=peak, peaks=peaks, flops=flops,
-                  memory=memory, memory_steps=memory_steps, device=device,
+                  memory=memory, gpu_memory=gpu_memory, memory_steps=memory_steps, device=device,
                   n_test=n_test, n_defect=n_defect, vectorised=vectorised, reference=reference,
                   load=(load_before, load_average()), steps_per_epoch=steps_per_epoch)
     text = format_report(report)
@@ -453,6 +477,35 @@ def main(argv=None) -> None:
 
 def _ratio(slow: float, fast: float) -> str:
     return f"{slow / fast:.1f}x"
+
+
+def memory_rows(memory: Dict[str, float], gpu_memory: Dict[str, float], device: str,
+                anchor_cells: str) -> List[str]:
+    """The peak-memory rows of the first table: host RSS and, on a GPU, the GPU memory Paddle
+    allocated (MB in, GB out); none without measurements."""
+    rows = []
+    for label, values, anchors in (("peak memory (RSS)" if device == "cpu" else
+                                    "peak host memory (RSS)", memory, anchor_cells),
+                                   ("peak GPU memory (max_memory_allocated)", gpu_memory,
+                                    "- | -")):
+        if not values:
+            continue
+        tests = [key for key in values if key[4:].isdigit()]
+        largest = max(values[key] for key in ["train", *tests]) / 1024
+        rows.append(f"| {label}, GB | {largest:.2f} (train.py {values['train'] / 1024:.2f}; "
+                    + ", ".join(f"test.py on {key[4:]} images {values[key] / 1024:.2f}"
+                                for key in tests) + f") | - | - | {anchors} |")
+    return rows
+
+
+def training_rows(rows: Dict[str, float], device: str) -> List[str]:
+    """The detail rows of the eager training step: by CPU threads on a CPU, one row on a GPU."""
+    if device != "cpu":
+        return [f"| training, eager on the GPU | {rows['train']:.1f} images/s |"]
+    return [f"| training, default (eager, `train_cpu_threads: 1`) | {rows['train']:.1f} "
+            "images/s |",
+            f"| training, eager with all {os.cpu_count()} cores | "
+            f"{rows['train_all_threads']:.1f} images/s |"]
 
 
 def format_report(r: dict) -> str:
@@ -491,14 +544,8 @@ def format_report(r: dict) -> str:
         f"{anchor(round(args.num_train / pt['train'] + pt['detect'] + pt['loc'], 1))} | "
         f"{anchor(round(args.num_train / port['train'] + port['detect'] + port['loc'], 1))} |",
     ]
-    if r["memory"]:
-        memory = r["memory"]
-        tests = [key for key in memory if key[4:].isdigit()]
-        largest = max(memory[key] for key in ["train", *tests]) / 1024
-        lines.append(
-            f"| peak memory (RSS), GB | {largest:.2f} (train.py {memory['train'] / 1024:.2f}; "
-            + ", ".join(f"test.py on {key[4:]} images {memory[key] / 1024:.2f}" for key in tests)
-            + f") | - | - | {anchor(pt['memory'])} | {anchor(port['memory'])} |")
+    lines += memory_rows(r["memory"], r.get("gpu_memory", {}), r["device"],
+                         f"{anchor(pt['memory'])} | {anchor(port['memory'])}")
     lines += [
         "",
         "Naive variants: training eager, the expert recomputed every step with gradients for its "
@@ -511,11 +558,10 @@ def format_report(r: dict) -> str:
         "",
         "| detail | value |",
         "|---|---|",
-        f"| training, default (eager, `train_cpu_threads: 1`) | {rows['train']:.1f} images/s |",
-        f"| training, eager with all {os.cpu_count()} cores | {rows['train_all_threads']:.1f} "
-        f"images/s |",
-        f"| training, forward compiled with paddle.jit.to_static, all cores | "
-        f"{rows['train_compiled']:.1f} images/s"
+        *training_rows(rows, r["device"]),
+        f"| training, forward compiled with paddle.jit.to_static"
+        + (", all cores" if r["device"] == "cpu" else "")
+        + f" | {rows['train_compiled']:.1f} images/s"
         + (f"; peak RSS of 12 steps {r['memory_steps']['compiled']:.0f} MB vs. "
            f"{r['memory_steps']['eager']:.0f} MB eager" if r["memory_steps"] else "") + " |",
         f"| one-time: expert outputs cached | {rows['setup_cache']:.1f} s |",

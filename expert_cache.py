@@ -4,7 +4,9 @@ Training has no augmentation and the expert is frozen, so its outputs for a trai
 change, yet they are most of a training step's FLOPs. Each image's outputs do not depend on the
 other images of its batch, so losses are bit-identical to recomputing the expert every step
 (`expert_cache: none`, kept as the reference variant). `float16` halves the memory (losses then
-differ in the 4th significant digit); `disk` keeps the arrays in memory-mapped files.
+differ in the 4th significant digit); `disk` keeps the arrays in memory-mapped files. On a GPU
+everything cached stays in host memory and only each step's batch is copied over
+(utils/device_copy.py): a CIFAR-10 class at 224 px would otherwise hold gigabytes of GPU memory.
 """
 import os
 import tempfile
@@ -14,14 +16,19 @@ import numpy as np
 import paddle
 
 from dataloader import build_loader
+from utils.device_copy import batch_copier
 
 
 class ExpertCache:
     """Images (and, unless storage is 'none', the expert's four stage outputs) of a dataset."""
 
     def __init__(self, dataset, expert_runner: Callable, batch_size: int, storage: str = "memory",
-                 folder: str = None, num_workers: int = 0, progress: Callable = None):
+                 folder: str = None, num_workers: int = 0, progress: Callable = None,
+                 device: str = None, to_device: Callable = None):
+        """`device`: where the steps run (paddle.get_device() by default); `to_device` copies a
+        host batch there (utils/device_copy.batch_copier(device) by default, None on the CPU)."""
         self.expert_runner = expert_runner
+        self.to_device = to_device or batch_copier(device or paddle.get_device())
         self.storage = storage
         self.batch_size = batch_size
         self._tmp = None
@@ -45,8 +52,9 @@ class ExpertCache:
             labels.append(batch_labels.numpy())
             offset += len(batch_images)
         self.labels = np.concatenate(labels)
-        if storage == "disk" or (storage == "float16" and paddle.get_device() == "cpu"):
-            # NumPy indexing per batch (Paddle's CPU gather has no float16 kernel)
+        if self.to_device is not None or storage in ("disk", "float16"):
+            # NumPy indexing per batch: on a GPU only the batch is copied over; on the CPU for
+            # disk and float16 (Paddle's CPU gather has no float16 kernel)
             self.images, self.stages = images, stages
         else:
             self.images = paddle.to_tensor(images)
@@ -75,9 +83,13 @@ class ExpertCache:
                 stages = [paddle.gather(stage, index) for stage in self.stages]
             return images, _float32(stages)
         order = indices.numpy() if isinstance(indices, paddle.Tensor) else np.asarray(indices)
-        images = paddle.to_tensor(self.images[order])
-        return images, [paddle.to_tensor(np.asarray(stage[order], dtype=np.float32))
-                        for stage in self.stages]
+        move = self.to_device or paddle.to_tensor
+        images = self.images[order]
+        if self.stages is None:  # the reference variant on a GPU: run the expert again
+            stages = self.expert_runner(images)
+        else:
+            stages = [np.asarray(stage[order], dtype=np.float32) for stage in self.stages]
+        return move(images), [move(stage) for stage in stages]
 
     def epoch(self, index_batches):
         """(images, stages) for each list of indices (e.g. a batch sampler's epoch); all the

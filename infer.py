@@ -17,7 +17,7 @@ import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off std
 import numpy as np
 
 from dataset import load_image
-from engine import find_model_file, make_predictor, run_predictor
+from engine import build_predictor, find_model_file, run_predictor
 from utils.benchmark import Benchmark
 from utils.device import gpu_available, usable_cores
 from utils.errors import UserError, report_user_errors
@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="oneDNN on CPU (several times faster)")
     parser.add_argument("--cpu_threads", type=int, default=None, help="default: all cores")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="bf16: CPU with oneDNN; fp16/int8: GPU with TensorRT")
+                        help="bf16: CPU with oneDNN; fp16: GPU with TensorRT (int8 is refused: "
+                             "it needs a quantized model)")
     parser.add_argument("--use_tensorrt", type=str2bool, default=False)
     parser.add_argument("--gpu_mem", type=int, default=500, help="initial GPU memory (MB)")
     parser.add_argument("--enable_benchmark", type=str2bool, default=False,
@@ -97,13 +98,17 @@ def resolve_model_files(model_file: str, params_file: str = None, log=print) -> 
     return model_file, params_file
 
 
-def create_predictor(args: argparse.Namespace, model_file: str, params_file: str):
-    """engine.make_predictor with the command line's switches; a broken model is one line."""
+def create_predictor(args: argparse.Namespace, model_file: str, params_file: str, size: int):
+    """engine.build_predictor with the command line's switches: (predictor, what was applied);
+    a broken model is one line."""
     try:
-        return make_predictor(model_file, params_file, use_gpu=args.use_gpu,
-                              enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads,
-                              precision=args.precision, use_tensorrt=args.use_tensorrt,
-                              batch_size=args.batch_size, gpu_mem=args.gpu_mem)
+        return build_predictor(model_file, params_file, use_gpu=args.use_gpu,
+                               enable_mkldnn=args.enable_mkldnn, cpu_threads=args.cpu_threads,
+                               precision=args.precision, use_tensorrt=args.use_tensorrt,
+                               batch_size=args.batch_size, gpu_mem=args.gpu_mem,
+                               image_shape=[3, size, size])
+    except UserError:
+        raise
     except Exception as error:  # Paddle raises many types, with many-line messages
         message = str(error).strip().splitlines()
         raise UserError(f"cannot load {model_file} with {params_file} "
@@ -124,11 +129,12 @@ def split_outputs(outputs: List[np.ndarray], size: int,
     return scores[0], maps[0]
 
 
-def run_config(args: argparse.Namespace) -> dict:
-    """The predictor settings in auto_log's vocabulary."""
-    return {"runtime_device": "gpu" if args.use_gpu else "cpu", "ir_optim": True,
-            "enable_tensorrt": args.use_tensorrt, "precision": args.precision,
-            "enable_mkldnn": args.enable_mkldnn and not args.use_gpu,
+def run_config(args: argparse.Namespace, applied: dict) -> dict:
+    """The predictor settings that were applied (engine.build_predictor), in auto_log's
+    vocabulary."""
+    return {"runtime_device": applied["device"].split(":")[0], "ir_optim": True,
+            "enable_tensorrt": applied["tensorrt"] is not None,
+            "precision": applied["precision"], "enable_mkldnn": applied["enable_mkldnn"],
             "cpu_math_library_num_threads": args.cpu_threads}
 
 
@@ -142,11 +148,13 @@ def infer(args: argparse.Namespace, log=print) -> dict:
                                  export_info_path(model_file))
     paths = list_images(args.image_path, exclude=args.save_dir)
     pictures = picture_names(paths, args.image_path)
-    predictor = create_predictor(args, model_file, params_file)
+    predictor, applied = create_predictor(args, model_file, params_file, size)
+    log(f"predictor: {applied['summary']}")
     benchmark = None
     if args.enable_benchmark:
-        benchmark = Benchmark("KDAD", args.precision, args.batch_size, f"[N, 3, {size}, {size}]",
-                              run_config(args), os.path.join(args.save_dir, "auto_log.log"))
+        benchmark = Benchmark("KDAD", applied["precision"], args.batch_size,
+                              f"[N, 3, {size}, {size}]", run_config(args, applied),
+                              os.path.join(args.save_dir, "auto_log.log"))
         run_predictor(predictor, np.stack([load_image(p, size) for p in paths[:args.batch_size]]))
     predictions, all_maps, started = [], [], time.perf_counter()
     for start, batch in zip(range(0, len(paths), args.batch_size), chunks(paths, args.batch_size)):
@@ -176,7 +184,8 @@ def infer(args: argparse.Namespace, log=print) -> dict:
         f"{time.perf_counter() - started:.1f} s")
     if benchmark:
         benchmark.report(log)
-    return {"predictions": predictions, "maps": np.concatenate(all_maps), "info": info}
+    return {"predictions": predictions, "maps": np.concatenate(all_maps), "info": info,
+            "predictor": applied}
 
 
 @report_user_errors

@@ -26,7 +26,9 @@ from utils.image_files import (check_folder_preprocessing, chunks, list_images,
                                picture_names)
 from utils.predictions import (PREDICTIONS_CSV, Prediction, add_prediction_args,
                                check_prediction_args, choose_threshold, write_predictions_csv)
-from utils.visualize import display_image, save_prediction_figure
+from utils.report import REPORT_FILE, ReportRow, Threshold, write_report
+from utils.thumbnails import jpeg_bytes, strip
+from utils.visualize import colour_range, display_image, save_prediction_figure
 
 
 # --config and -o change how the model runs, never what it is.
@@ -46,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_prediction_args(parser, "output/predict", "the one stored in the checkpoint's .json")
     parser.add_argument("--localization_method", choices=LOCALIZATION_METHODS, default=None,
                         help="default: the one in the model's saved config")
+    parser.add_argument("--report", action="store_true",
+                        help=f"also write <save_dir>/{REPORT_FILE}: every image with its anomaly "
+                             "map, score and verdict on one page, sorted by score")
     add_config_args(parser, data_args=False, config_help=RUN_CONFIG_HELP)
     args = parser.parse_args(argv)
     check_prediction_args(parser, args)
@@ -58,8 +63,9 @@ def predict(args: argparse.Namespace, log=print) -> list:
     check_folder_preprocessing(config, model_path)
     if args.localization_method:
         config["localization_method"] = args.localization_method
-    threshold = choose_threshold(load_model_info(model_path).get("image_threshold"),
-                                 args.score_threshold, info_path(model_path))
+    info = load_model_info(model_path)
+    threshold = choose_threshold(info.get("image_threshold"), args.score_threshold,
+                                 info_path(model_path))
     paths = list_images(args.image_path, exclude=args.save_dir)
     device = setup_device(config)
     expert, cloner, config = load_model(config, model_path, log)
@@ -67,21 +73,39 @@ def predict(args: argparse.Namespace, log=print) -> list:
     batch_size = args.batch_size or eval_batch_size(config)
     generator = MapGenerator(expert, cloner, config, device, [3, size, size], batch_size)
     pictures = dict(zip(paths, picture_names(paths, args.image_path)))
-    predictions = []
+    shown_names = {path: os.path.relpath(path, args.image_path) if os.path.isdir(args.image_path)
+                   else os.path.basename(path) for path in paths}
+    predictions, rows = [], []
     for batch in chunks(paths, batch_size):
         scores, maps = generator(np.stack([load_image(path, size) for path in batch]))
         for path, score, anomaly_map in zip(batch, scores, maps):
             prediction = Prediction(path, float(score), threshold)
             picture = os.path.join(args.save_dir, pictures[path])
-            save_prediction_figure(picture, display_image(path), anomaly_map, prediction, method,
+            image = display_image(path)
+            save_prediction_figure(picture, image, anomaly_map, prediction, method,
                                    args.threshold)
             predictions.append(prediction)
+            if args.report:
+                rows.append(ReportRow(
+                    shown_names[path], path, prediction.score,
+                    prediction.anomalous, label=None, truth="", link=pictures[path],
+                    thumbnail=jpeg_bytes(strip(image, anomaly_map,
+                                               colour_range(anomaly_map, method)))))
             log(f"{path}: score {prediction.score:.6g} (threshold {threshold:.6g}) "
                 f"{prediction.verdict} -> {picture}")
     csv_path = os.path.join(args.save_dir, PREDICTIONS_CSV)
     write_predictions_csv(csv_path, predictions)
     anomalous = sum(p.anomalous for p in predictions)
     log(f"{anomalous} of {len(predictions)} image(s) anomalous ({method} maps); wrote {csv_path}")
+    if args.report:
+        rule = ("--score_threshold" if args.score_threshold is not None
+                else info.get("threshold_rule", "stored with the model"))
+        report = write_report(
+            os.path.join(args.save_dir, REPORT_FILE), f"predictions: {args.image_path}", rows,
+            [Threshold(threshold, "threshold", rule, decides=True)],
+            [("model", model_path), ("localization method", method),
+             ("image path", args.image_path)])
+        log(f"wrote {report}")
     return predictions
 
 

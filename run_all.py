@@ -11,7 +11,9 @@ metrics.json exists is skipped altogether, whatever the overrides (use another -
 compare settings). After every category the tables are rewritten:
 <results_dir>/<dataset>_results.md and <results_dir>/<dataset>_results.json.
 
-Several categories at once: `--gpus 0,1,2,3` runs one category per GPU (CUDA_VISIBLE_DEVICES),
+Several categories at once: `--gpus 0,1,2,3` runs one category per GPU (numbered as this process
+sees them, so inside the parent's own CUDA_VISIBLE_DEVICES; each child sees its GPU alone and
+runs with device=gpu),
 `--jobs N` runs N categories on the CPU, each with its share of the cores (cpu_threads); the
 children's output then goes to <log_dir>/<category>_console.log. Ctrl-C or SIGTERM is passed to
 the running scripts, which save their state; the next run resumes them.
@@ -26,7 +28,7 @@ from typing import Callable, List, Optional
 
 import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 from utils.checkpoint import find_weights
-from utils.children import Children, Slot, make_slots, run_in_slots
+from utils.children import Children, Slot, make_slots, run_in_slots, visible_gpus
 from utils.config import MVTEC_CATEGORIES, build_config
 from utils.device import gpu_available, usable_cores
 from utils.errors import UserError, report_user_errors
@@ -104,11 +106,11 @@ def planned_steps(job: Job) -> List[str]:
 
 def script_command(job: Job, step: str, slot: Slot = Slot("CPU")) -> List[str]:
     """The train.py / test.py command line of one step (the slot's overrides before the
-    user's, so that an explicit -o wins)."""
+    user's, so that an explicit -o wins; what the slot requires after them)."""
     args = ["--config", job.config_path, "-o", category_override(job.category)]
     if job.dataset_root:
         args += ["--dataset_root", job.dataset_root]
-    for override in (*slot.overrides, *job.overrides):
+    for override in (*slot.overrides, *job.overrides, *slot.required):
         args += ["-o", override]
     if step == "test":
         return [sys.executable, os.path.join(HERE, "test.py"), *args, "--model_path",
@@ -173,31 +175,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="config override passed to train.py and test.py (repeatable)")
     parser.add_argument("--gpus", default=None,
-                        help="run one category per GPU at a time, e.g. 0,1,2,3")
+                        help="run one category per GPU at a time, e.g. 0,1,2,3 (the GPUs this "
+                             "process sees: inside CUDA_VISIBLE_DEVICES when it is set)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="without --gpus: categories run at once on the CPU, each with its "
                              "share of the cores (default 1)")
     return parser.parse_args(argv)
 
 
-def parse_gpus(text: Optional[str]) -> Optional[List[str]]:
+def parse_gpus(text: Optional[str]) -> Optional[List[int]]:
     if text is None:
         return None
     gpus = [gpu.strip() for gpu in text.split(",") if gpu.strip()]
-    if not gpus or not all(gpu.isdigit() for gpu in gpus) or len(set(gpus)) != len(gpus):
+    if not gpus or not all(gpu.isdigit() for gpu in gpus) or len(set(map(int, gpus))) != len(gpus):
         raise UserError(f"--gpus must list distinct GPU numbers like 0,1,2,3, got '{text}'")
     if not gpu_available():
         raise UserError("--gpus needs paddlepaddle-gpu and a visible GPU; use --jobs N to run "
                         "several categories on the CPU")
-    return gpus
+    return [int(gpu) for gpu in gpus]
+
+
+def gpu_names() -> List[str]:
+    """What each GPU this process sees is called in its CUDA_VISIBLE_DEVICES (utils/children)."""
+    import paddle
+    return visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"),
+                        paddle.device.cuda.device_count())
 
 
 @report_user_errors
 def main(argv=None) -> None:
     args = parse_args(argv)
-    slots = make_slots(parse_gpus(args.gpus), args.jobs, usable_cores())
+    gpus = parse_gpus(args.gpus)
+    slots = make_slots(gpus, args.jobs, usable_cores(), gpu_names() if gpus else ())
     base = build_config(files=[args.config], overrides=(
         [f"dataset_root={args.dataset_root}"] if args.dataset_root else []) + args.override)
+    if gpus and base["device"] == "cpu":
+        raise UserError("--gpus runs every category on a GPU, but config key 'device' is 'cpu'")
     dataset = base["dataset_name"]
     categories = parse_categories(args.categories, dataset) if args.categories else \
         default_categories(base)

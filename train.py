@@ -5,7 +5,8 @@
 Writes <save_dir>/<class>/: final_model.pdparams (the honest default), best_model.pdparams (best
 test-set detection ROC-AUC, an optimistic selection), their .json (threshold, epoch), last.pdckpt
 (resumable), config.yaml, history.json; and the log <log_dir>/<class>_train.log. With
-`weights_format: safetensors` the weights are .safetensors files instead (no pickles).
+`weights_format: safetensors` the weights are .safetensors files instead (no pickles). With
+`use_visualdl: true` (or --use_vdl) VisualDL logs go to <save_dir>/<class>/vdl/.
 Several GPUs: python -m paddle.distributed.launch --gpus 0,1 train.py ...
 Several CPU processes: python -m paddle.distributed.launch --nproc_per_node 2 train.py ...
 """
@@ -28,17 +29,19 @@ from loss_functions import build_loss
 from metrics import image_auroc
 from network import build_cloner
 from test_functions import image_threshold, score_cached
-from train_step import build_training_step
+from train_step import build_grad_scaler, build_training_step
 from utils.checkpoint import (load_state_strict, load_training_state, save_model_info,
                               save_state_dict, save_training_state, weights_path)
 from utils.config import WEIGHTS_FORMATS, add_config_args, config_from_args, save_config
 from utils.device import setup_device, use_training_threads
-from utils.distributed import broadcast_seed, broadcast_weights, mean_over_ranks
+from utils.distributed import (broadcast_seed, broadcast_weights, mean_over_ranks,
+                               rank_zero_value, rank_zero_work)
 from utils.errors import UserError, report_user_errors, stop_exit, stop_word
 from utils.files import atomic_write_text
 from utils.logger import get_logger
 from utils.optimizer_state import portable_optimizer_state, restore_optimizer_state
 from utils.seed import epoch_order_seed, resolve_seed, seed_everything
+from utils.visualdl_log import VDL_FOLDER, TrainingLog, check_visualdl
 from vgg import EXPERT_STEM, build_expert, check_expert, expert_fingerprint
 
 # weights files are <stem>.pdparams or <stem>.safetensors (`weights_format`)
@@ -62,9 +65,14 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true",
                         help="continue from <save_dir>/<class>/last.pdckpt (same as "
                              "continue_train: true)")
+    parser.add_argument("--use_vdl", action="store_true",
+                        help="log to VisualDL in <save_dir>/<class>/vdl/ (same as -o "
+                             "use_visualdl=true)")
     args = parser.parse_args(argv)
     if args.save_dir is not None:  # an explicit -o save_dir=... still wins
         args.override.insert(0, f"save_dir={args.save_dir}")
+    if args.use_vdl:
+        args.override.append("use_visualdl=true")
     return args
 
 
@@ -93,7 +101,9 @@ def _numpy_tree(value):
 
 class Trainer:
     def __init__(self, config: dict, state: dict = None):
+        check_visualdl(config)
         self.config, self.state = config, state
+        self.vdl = TrainingLog(None)  # fit() opens the log
         self.world, self.rank = paddle.distributed.get_world_size(), paddle.distributed.get_rank()
         self.main = self.rank == 0
         self.device = setup_device(config)
@@ -125,18 +135,21 @@ class Trainer:
         self.cloner = build_cloner(config)
         if resumed:
             load_state_strict(self.cloner, self.state["cloner"], LAST_STATE)
-        if self.main and config["expert_cache"] == "disk":  # the cache's files go there
-            os.makedirs(self.model_dir, exist_ok=True)
+        with rank_zero_work():  # a failure here stops every process, with the same message
+            if self.main and config["expert_cache"] == "disk":  # the cache's files go there
+                os.makedirs(self.model_dir, exist_ok=True)
         expert_runner = make_runner(self.expert, config, self.device, [3, size, size])
         cache_args = dict(expert_runner=expert_runner, batch_size=eval_batch_size(config),
                           storage=config["expert_cache"], folder=self.model_dir,
                           num_workers=config["num_workers"])
         self.train_cache = ExpertCache(train_set, **cache_args)
-        self.test_cache = ExpertCache(test_set, **cache_args) if self.main else None
-        if self.main:  # only now that every image was read: bad data leaves no file behind
-            save_config(config, os.path.join(self.model_dir, "config.yaml"))
-            if not config["pretrain"] and not resumed:
-                self.save_weights(self.expert, EXPERT_STEM)
+        with rank_zero_work():
+            self.test_cache = ExpertCache(test_set, **cache_args) if self.main else None
+            if self.main:  # only now that every image was read: bad data leaves no file behind
+                save_config(config, os.path.join(self.model_dir, "config.yaml"))
+                if not config["pretrain"] and not resumed:
+                    self.save_weights(self.expert, EXPERT_STEM)
+        self.test_normalization = getattr(test_set, "normalization", None)  # to show images
         self.log.info(f"{len(train_set)} training and {len(test_set)} test images of "
                       f"'{config['normal_class']}' at {size} px; device {self.device}, "
                       f"{self.world} process(es); expert outputs ready in "
@@ -151,14 +164,17 @@ class Trainer:
         self.step = build_training_step(self.cloner, self.criterion, config, self.world)
         self.optimizer = paddle.optimizer.Adam(learning_rate=config["learning_rate"],
                                                parameters=self.cloner.parameters())
-        self.scaler = paddle.amp.GradScaler() if config["amp"] else None
-        if config["amp"] and self.device != "gpu":
-            raise UserError("amp: true needs a GPU (mixed precision is a GPU feature here)")
+        self.scaler = build_grad_scaler(config, self.device)
         self.sampler = paddle.io.DistributedBatchSampler(
             self.train_cache, batch_size=config["batch_size"] // self.world, shuffle=True)
         if resumed:
             restore_optimizer_state(self.optimizer, self.cloner, self.state["optimizer"],
                                     LAST_STATE)
+            if self.scaler is not None and self.state.get("scaler"):
+                self.scaler.load_state_dict(self.state["scaler"])  # the loss scale goes on
+            elif self.scaler is not None:
+                self.log.info(f"note: {LAST_STATE} holds no loss scale (trained without amp); "
+                              "the loss scaler starts afresh")
             self.history, self.best = self.state["history"], self.state["best"]
             self.start_epoch = self.state["epoch"] + 1
             self.log.info(f"resumed from {os.path.join(self.model_dir, LAST_STATE)} after "
@@ -198,6 +214,7 @@ class Trainer:
         auroc = image_auroc(self.test_cache.labels, scores)
         self.history["eval_epoch"].append(epoch)
         self.history["image_auroc"].append(auroc)
+        self.vdl.evaluation(epoch, auroc)
         improved = auroc > self.best["image_auroc"]
         if improved:
             self.best = {"image_auroc": auroc, "epoch": epoch}
@@ -230,7 +247,8 @@ class Trainer:
                             "optimizer": portable_optimizer_state(self.optimizer, self.cloner),
                             "epoch": epoch,
                             "history": self.history, "best": self.best, "config": self.config,
-                            "expert_fingerprint": self.expert_fingerprint})
+                            "expert_fingerprint": self.expert_fingerprint,
+                            **({"scaler": self.scaler.state_dict()} if self.scaler else {})})
 
     def save_state(self, state: dict) -> None:
         save_training_state(os.path.join(self.model_dir, LAST_STATE), state)
@@ -255,6 +273,9 @@ class Trainer:
                           f"{self.start_epoch - 1} (raise num_epochs to train longer)")
         bar = tqdm(epochs, desc=f"train {config['normal_class']}", disable=None if self.main else True,
                    dynamic_ncols=True)
+        self.vdl = TrainingLog(os.path.join(self.model_dir, VDL_FOLDER)
+                               if self.main and config["use_visualdl"] else None,
+                               self.start_epoch - 1 if self.state is not None else None)
         try:
             for epoch in bar:
                 started = time.time()
@@ -266,35 +287,45 @@ class Trainer:
                     raise Diverged(f"the cloner's weights became NaN or infinite in epoch {epoch}")
                 self.history["epoch"].append(epoch)
                 self.history["loss"].append(loss_sum)
+                self.vdl.epoch(epoch, loss_sum)
                 bar.set_postfix(loss=f"{loss_sum:.4f}")
                 self.log.info(f"epoch [{epoch}/{last_epoch}] loss {loss_sum:.4f} (sum over "
                               f"{batches} batches, mean {loss_sum / max(batches, 1):.4f}) "
                               f"{time.time() - started:.1f} s")
-                if self.main and epoch % config["eval_interval"] == 0:
-                    self.evaluate(epoch)
-                if self.main:
-                    unsaved = self.training_state(epoch)
-                    if epoch % config["save_interval"] == 0 or epoch == last_epoch:
-                        self.save_state(unsaved)
-                        unsaved = None
-        except Diverged as error:
-            if self.main and unsaved is not None:  # the last good epoch (save_interval > 1)
-                self.save_state(unsaved)
-            raise Diverged(f"{error}; training stopped and the models saved before are kept; "
-                           f"{self.kept_state()}, or start again with a lower learning_rate") \
-                from None
+                with rank_zero_work(kinds=(Diverged,)):  # the others wait for rank 0 here
+                    if self.main and epoch % config["eval_interval"] == 0:
+                        self.evaluate(epoch)
+                    if self.main:
+                        unsaved = self.training_state(epoch)
+                        if epoch % config["save_interval"] == 0 or epoch == last_epoch:
+                            self.save_state(unsaved)
+                            unsaved = None
+        except Diverged as error:  # every process is here (the loss, or rank 0's evaluation)
+            self.vdl.close()
+            with rank_zero_work():
+                if self.main and unsaved is not None:  # the last good epoch (save_interval > 1)
+                    self.save_state(unsaved)
+            raise Diverged(rank_zero_value(
+                f"{error}; training stopped and the models saved before are kept; "
+                f"{self.kept_state()}, or start again with a lower learning_rate")) from None
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (utils/errors.py)
+            self.vdl.close()
             if self.main and unsaved is not None:
                 self.save_state(unsaved)
             self.log.info(f"{stop_word(stop)}: {self.kept_state()}")
             sys.exit(stop_exit(stop))
-        if self.main and last_epoch >= self.start_epoch:
-            self.save_model(FINAL_MODEL, last_epoch, {"selection": "final epoch"})
-            final_path = weights_path(self.model_dir, FINAL_MODEL, config["weights_format"])
-            self.log.info(f"saved {final_path}"
-                          + (f"; best test ROC-AUC {self.best['image_auroc']:.4f} at epoch "
-                             f"{self.best['epoch']} in {BEST_MODEL}.{config['weights_format']}"
-                             if self.best["epoch"] is not None else ""))
+        with rank_zero_work():
+            if self.main and last_epoch >= self.start_epoch:
+                self.save_model(FINAL_MODEL, last_epoch, {"selection": "final epoch"})
+                final_path = weights_path(self.model_dir, FINAL_MODEL, config["weights_format"])
+                self.log.info(f"saved {final_path}"
+                              + (f"; best test ROC-AUC {self.best['image_auroc']:.4f} at epoch "
+                                 f"{self.best['epoch']} in {BEST_MODEL}."
+                                 f"{config['weights_format']}"
+                                 if self.best["epoch"] is not None else ""))
+                self.vdl.final_model(last_epoch, self.expert, self.cloner, self.test_cache, config,
+                                     self.device, self.test_normalization)
+        self.vdl.close()
         return {"model_dir": self.model_dir, "history": self.history, "best": self.best}
 
 

@@ -1,8 +1,10 @@
 """The cloner's training forward (stage outputs and loss) as one layer, for AMP and DataParallel."""
-from typing import List
+from typing import List, Optional
 
 import paddle
 from paddle import nn
+
+from utils.errors import UserError
 
 
 class DistillationStep(nn.Layer):
@@ -30,3 +32,13 @@ def build_training_step(cloner: nn.Layer, criterion: nn.Layer, config: dict,
     rank 0's weights and all-reduces the gradients) when there are several processes."""
     step = DistillationStep(cloner, criterion, amp=config["amp"])
     return paddle.DataParallel(step) if world_size > 1 else step
+
+
+def build_grad_scaler(config: dict, device: str) -> Optional[paddle.amp.GradScaler]:
+    """The loss scaler of `amp: true`, None without it. float16 autocast needs a GPU: Paddle's
+    auto_cast and GradScaler do nothing on a CPU (paddle/amp/auto_cast.py, grad_scaler.py)."""
+    if not config["amp"]:
+        return None
+    if device != "gpu":
+        raise UserError("amp: true needs a GPU (mixed precision is a GPU feature here)")
+    return paddle.amp.GradScaler()

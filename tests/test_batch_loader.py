@@ -109,3 +109,34 @@ def test_leaving_early_does_not_hang():
         if position == 2:
             break
     assert len(batches_of(loader)) == 10
+
+
+HOST_ONLY = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import utils.quiet
+import paddle
+from test_batch_loader import Items
+from utils.batch_loader import BatchLoader, WorkerLoader
+
+
+def current_device():  # as if the device were a GPU that must not receive evaluation batches
+    raise AssertionError("a batch was placed on the current device")
+
+
+paddle.tensor.creation._current_expected_place_ = current_device
+paddle.io.reader._current_expected_place = current_device
+for loader in (BatchLoader(Items(), 4), WorkerLoader(Items(), 4, num_workers=2)):
+    print(all(field.place.is_cpu_place() for batch in loader for field in batch))
+"""
+
+
+@pytest.mark.slow
+def test_batches_stay_in_host_memory_whatever_the_device():
+    """Evaluation reads every batch as NumPy (or feeds it to a predictor): a copy to the GPU and
+    back would be wasted, so both loaders place their tensors in host memory explicitly."""
+    script = HOST_ONLY.format(root=ROOT, tests=os.path.join(ROOT, "tests"))
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split() == ["True", "True"]

@@ -192,6 +192,7 @@ VALID = {
     "num_workers": NON_NEGATIVE,
     "amp": st.booleans(),
     "sync_bn": st.booleans(),
+    "use_visualdl": st.booleans(),
 }
 
 

@@ -1,15 +1,23 @@
-"""Paddle Inference (oneDNN) against eager Paddle, and exporting without side effects."""
+"""Paddle Inference (oneDNN) against eager Paddle, and exporting without side effects; the GPU
+predictor's device, and the TensorRT conversion up to where it needs a GPU."""
 import os
+import shutil
+import sys
+import types
 
 import numpy as np
 import paddle
 import pytest
+from paddle import inference
 
+import engine
 from anomaly_map import AnomalyMapModel, ScoreModel, upsample_bilinear
 from backprop import InputGradient
-from engine import EagerRunner, PredictorRunner, export_layer, make_runner
+from engine import (EagerRunner, PredictorRunner, build_predictor, current_gpu_id, export_layer,
+                    make_runner, run_predictor)
 from loss_functions import MseDirectionLoss
 from network import Cloner
+from utils.errors import UserError
 from vgg import Expert
 
 SHAPE = [3, 32, 32]
@@ -141,3 +149,124 @@ def test_predictor_and_eager_agree_on_feature_diff_maps(networks):
                                                 mode="bilinear", align_corners=False).squeeze(1)
     np.testing.assert_allclose(upsample_bilinear(local, [32, 48]).numpy(), expected.numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+class RecordingConfig(inference.Config):
+    """Paddle Inference's Config that records the GPU it is asked for and stays on the CPU."""
+    gpus = []
+
+    def enable_use_gpu(self, memory_mb, device_id, *args):
+        RecordingConfig.gpus.append(device_id)
+
+
+@pytest.fixture
+def recording_config(monkeypatch):
+    RecordingConfig.gpus = []
+    monkeypatch.setattr(engine.inference, "Config", RecordingConfig)
+    return RecordingConfig
+
+
+def test_each_rank_builds_its_predictors_on_its_own_gpu(networks, recording_config,
+                                                        monkeypatch):
+    """paddle.distributed.launch gives rank r FLAGS_selected_gpus=r (and paddle.set_device('gpu')
+    follows it); its predictors must not all land on GPU 0."""
+    expert, cloner, images = networks
+    monkeypatch.setenv("FLAGS_selected_gpus", "1")
+    model = ScoreModel(expert, cloner, 0.5)
+    runner = make_runner(model, {"engine": "inference", "cpu_threads": 1}, "gpu", SHAPE)
+    assert recording_config.gpus == [1]
+    assert_close(runner(images)[0], EagerRunner(model)(images)[0])  # (run on the CPU here)
+    monkeypatch.setenv("FLAGS_selected_gpus", "3,4")
+    assert current_gpu_id() == 3
+
+
+class RecordingTensorRT:
+    """A stand-in for paddle.tensorrt.export (which needs a GPU): records what it is given;
+    `convert` copies the model and returns a program with `engines` TensorRT engine operators."""
+
+    def __init__(self, engines: int):
+        self.engines, self.inputs, self.configs, self.converted = engines, [], [], []
+        self.PrecisionMode = types.SimpleNamespace(FP32="FP32", FP16="FP16")
+
+    def Input(self, **kwargs):
+        self.inputs.append(kwargs)
+        return kwargs
+
+    def TensorRTConfig(self, inputs):
+        config = types.SimpleNamespace(inputs=inputs)
+        self.configs.append(config)
+        return config
+
+    def convert(self, model_file, config):
+        self.converted.append(model_file)
+        prefix = os.path.splitext(model_file)[0]
+        for suffix in (".json", ".pdiparams"):
+            shutil.copy(prefix + suffix, config.save_model_dir + suffix)
+        names = (["pd_op.data"] + ["pd_op.tensorrt_engine"] * self.engines
+                 + ["pd_op.pool2d", "builtin.parameter", "pd_op.fetch"])
+        ops = [types.SimpleNamespace(name=lambda name=name: name) for name in names]
+        return types.SimpleNamespace(global_block=lambda: types.SimpleNamespace(ops=ops))
+
+
+@pytest.fixture
+def exported_score_model(networks, tmp_path):
+    expert, cloner, images = networks
+    model = ScoreModel(expert, cloner, 0.5)
+    model_file = export_layer(model, str(tmp_path / "model"), SHAPE)
+    return model_file, str(tmp_path / "model.pdiparams"), EagerRunner(model)(images)[0], images
+
+
+def test_tensorrt_converts_the_pir_model_with_explicit_shapes_and_reports_it(
+        exported_score_model, recording_config, monkeypatch):
+    model_file, params_file, expected, images = exported_score_model
+    converter = RecordingTensorRT(engines=2)
+    monkeypatch.setitem(sys.modules, "paddle.tensorrt.export", converter)
+    predictor, applied = build_predictor(model_file, params_file, use_gpu=True,
+                                         use_tensorrt=True, precision="fp16", batch_size=4,
+                                         gpu_id=0, image_shape=SHAPE)
+    assert converter.inputs == [dict(min_input_shape=(1, *SHAPE), optim_input_shape=(4, *SHAPE),
+                                     max_input_shape=(4, *SHAPE), input_data_type="float32")]
+    (config,) = converter.configs
+    assert config.precision_mode == "FP16" and converter.converted == [model_file]
+    assert not model_file.startswith(os.path.dirname(config.save_model_dir))
+    assert applied["tensorrt"] == {"engines": 2, "operators_left": 1}
+    assert applied["summary"] == ("Paddle Inference on gpu:0, TensorRT fp16 (2 engine(s), "
+                                  "1 operator(s) left to Paddle)")
+    assert recording_config.gpus == [0]
+    assert_close(run_predictor(predictor, images)[0], expected)  # the converted model's files
+
+
+def test_tensorrt_that_takes_nothing_or_cannot_apply_is_refused_in_one_line(
+        exported_score_model, recording_config, monkeypatch, tmp_path):
+    model_file, params_file, _, _ = exported_score_model
+    request = dict(use_gpu=True, use_tensorrt=True, batch_size=2, image_shape=SHAPE)
+    try:
+        import paddle.tensorrt.export  # noqa: F401
+    except (ImportError, OSError):  # this Paddle has no TensorRT: the refusal says what to install
+        with pytest.raises(UserError, match="needs paddlepaddle-gpu built with TensorRT"):
+            build_predictor(model_file, params_file, **request)
+    monkeypatch.setitem(sys.modules, "paddle.tensorrt.export", RecordingTensorRT(engines=0))
+    refusals = [(model_file, "fp16", "TensorRT took none of the operators"),
+                (model_file, "int8", "needs a quantized model"),
+                (str(tmp_path / "model.pdmodel"), "fp16", "converts Paddle 3 models")]
+    for model, precision, message in refusals:
+        with pytest.raises(UserError, match=message) as error:
+            build_predictor(model, params_file, precision=precision, **request)
+        assert "\n" not in str(error.value)
+    assert recording_config.gpus == []  # no predictor was made
+
+
+def test_the_report_says_what_the_cpu_predictor_runs(exported_score_model):
+    model_file, params_file, _, _ = exported_score_model
+    _, applied = build_predictor(model_file, params_file, cpu_threads=2)
+    assert applied["summary"] == "Paddle Inference on cpu, oneDNN, 2 thread(s), fp32"
+    _, applied = build_predictor(model_file, params_file, enable_mkldnn=False, use_tensorrt=True)
+    assert applied["summary"] == "Paddle Inference on cpu, 1 thread(s), fp32"
+
+
+def test_bf16_is_reported_only_where_paddle_applies_it(exported_score_model, monkeypatch):
+    model_file, params_file, _, _ = exported_score_model
+    for supported, applied in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(paddle.base.core, "supports_bfloat16", lambda: supported)
+        assert build_predictor(model_file, params_file, precision="bf16")[1]["precision"] \
+            == applied

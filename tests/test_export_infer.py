@@ -115,6 +115,7 @@ def test_pdmodel_name_finds_model_json(exported, demo_root, tmp_path):
                              "--input_file", image, "--save_dir", str(tmp_path)])
     by_pdmodel = infer.infer(args, log=lines.append)
     assert any("model.json" in line and line.startswith("note:") for line in lines)
+    assert any(line.startswith("predictor: Paddle Inference on cpu, oneDNN") for line in lines)
     by_json = run_infer(exported["gradients"], image, tmp_path / "json")
     assert by_pdmodel["predictions"][0].score == by_json["predictions"][0].score
 

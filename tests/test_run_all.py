@@ -14,7 +14,7 @@ import yaml
 import run_all
 from conftest import ROOT
 from script_helpers import error_line, run_main
-from utils.children import Children, Slot, make_slots, run_in_slots
+from utils.children import Children, Slot, make_slots, run_in_slots, visible_gpus
 from utils.demo_data import make_demo_category
 from utils.device import gpu_available
 from utils.errors import UserError
@@ -118,13 +118,72 @@ def test_slots_are_one_per_gpu_or_a_share_of_the_cores():
     two = make_slots(None, 2, 4)
     assert [slot.overrides for slot in two] == [("cpu_threads=2",)] * 2
     assert all(slot.own_output and not slot.env for slot in two)
-    gpus = make_slots(["0", "3"], 1, 2)
+    gpus = make_slots([0, 3], 1, 2, ["0", "1", "2", "3"])
     assert [dict(slot.env) for slot in gpus] == [{"CUDA_VISIBLE_DEVICES": "0"},
                                                  {"CUDA_VISIBLE_DEVICES": "3"}]
     assert all(slot.own_output and not slot.overrides for slot in gpus)
+    assert all(slot.required == ("device=gpu",) for slot in gpus)
     for jobs, cores, culprit in [(3, 2, "--jobs 3"), (0, 2, "--jobs")]:
         with pytest.raises(UserError, match=culprit):
             make_slots(None, jobs, cores)
+
+
+def test_gpu_numbers_are_mapped_through_the_parents_visible_devices_and_checked():
+    """Under SLURM or Kubernetes the parent sees e.g. CUDA_VISIBLE_DEVICES=4,5,6,7 as GPUs
+    0..3: its child for GPU 3 must be given 7, and a GPU it does not see is an error."""
+    names = visible_gpus("4,5,6,7", 4)
+    assert names == ["4", "5", "6", "7"]
+    slots = make_slots([0, 3], 1, 2, names)
+    assert [dict(slot.env)["CUDA_VISIBLE_DEVICES"] for slot in slots] == ["4", "7"]
+    assert slots[1].name == "GPU 3 (7)"
+    with pytest.raises(UserError, match="--gpus 7: this process sees 4 GPU"):
+        make_slots([0, 7], 1, 2, names)
+    assert visible_gpus(None, 2) == ["0", "1"]
+    assert visible_gpus("GPU-8f2c, GPU-11ab", 2) == ["GPU-8f2c", "GPU-11ab"]
+    assert visible_gpus("3,x,5", 1) == ["3"]  # CUDA stops counting at an entry it cannot use
+
+
+class RecordedChild:
+    """subprocess.Popen's stand-in: records the command and environment, exits with status 2."""
+    started = []
+
+    def __init__(self, command, env=None, **kwargs):
+        RecordedChild.started.append((command, env))
+
+    def wait(self):
+        return 2
+
+    def poll(self):
+        return 2
+
+
+def test_each_gpu_child_sees_its_own_gpu_and_must_run_on_it(tmp_path, monkeypatch, capsys):
+    root = two_categories(tmp_path)
+    monkeypatch.setattr(run_all, "gpu_available", lambda: True)
+    monkeypatch.setattr(run_all, "gpu_names", lambda: visible_gpus("3,5", 2))
+    monkeypatch.setattr(subprocess, "Popen", RecordedChild)
+    RecordedChild.started = []
+    code, _, err = run_main(run_all.main, ["--config", write_config(tmp_path, root), "--gpus",
+                                           "1,0", "-o", "device=auto"], capsys)
+    assert code == 1 and "2 of 2 categories failed" in err
+    started = sorted((env["CUDA_VISIBLE_DEVICES"], command) for command, env in
+                     RecordedChild.started)
+    assert [visible for visible, _ in started] == ["3", "5"]
+    for _, command in started:  # the slot's device=gpu comes after the user's device=auto
+        assert command[-2:] == ["-o", "device=gpu"] and "device=auto" in command
+    code, _, err = run_main(run_all.main, ["--config", write_config(tmp_path, root), "--gpus",
+                                           "0", "-o", "device=cpu"], capsys)
+    assert "config key 'device' is 'cpu'" in error_line(code, err)
+
+
+def test_a_child_that_must_run_on_a_gpu_and_sees_none_fails_in_one_line(tmp_path, capsys):
+    if gpu_available():
+        pytest.skip("this machine has a GPU")
+    import train
+    code, _, err = run_main(train.main, ["--config", write_config(tmp_path, two_categories(
+        tmp_path)), "--normal_class", "first", "-o", "device=gpu"], capsys)
+    assert "config key 'device' is 'gpu' but this Paddle has no usable GPU" in error_line(code,
+                                                                                            err)
 
 
 def test_slot_overrides_come_before_the_users():

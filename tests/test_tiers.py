@@ -42,6 +42,7 @@ FAST_TESTS = {
     "utils.convert_weights": "tests/test_safetensors.py::test_converter_round_trip_keeps_every_bit",
     "utils.csv_files": "tests/test_csv_files.py::test_lines_end_in_lf_and_read_back_unchanged",
     "utils.demo_data": "tests/test_dataset.py::test_test_loader_streams_batches",
+    "utils.device_copy": "tests/test_expert_cache.py::test_a_gpu_gets_pinned_copies_and_the_cpu_none",
     "utils.device": "tests/test_run_all.py::test_gpus_on_a_machine_without_one_is_one_line",
     "utils.distributed": "tests/test_end_to_end.py::test_training_writes_checkpoints_logs_and_thresholds via train",
     "utils.errors": "tests/test_batch_loader.py::test_a_failing_item_raises_its_own_error",
@@ -53,9 +54,12 @@ FAST_TESTS = {
     "utils.plots": "tests/test_plots.py::test_every_picture_is_written",
     "utils.predictions": "tests/test_visualize.py::test_three_panels_and_the_overlay_only_when_anomalous",
     "utils.quiet": "tests/test_end_to_end.py::test_test_script_writes_metrics_and_scores via test",
+    "utils.report": "tests/test_report.py::test_exactly_one_threshold_decides",
     "utils.results": "tests/test_run_all.py::test_mvtec_tables_have_the_earlier_ports_layout",
     "utils.safe_pickle": "tests/test_network.py::test_checkpoint_with_a_missing_key_names_it via utils.checkpoint",
     "utils.seed": "tests/test_end_to_end.py::test_training_writes_checkpoints_logs_and_thresholds via train",
+    "utils.thumbnails": "tests/test_thumbnails.py::test_jpeg_bytes_decode_to_the_strip",
+    "utils.visualdl_log": "tests/test_visualdl_log.py::test_keep_records_stops_at_a_record_cut_by_a_crash",
     "utils.visualize": "tests/test_visualize.py::test_three_panels_and_the_overlay_only_when_anomalous",
 }
 

@@ -6,6 +6,9 @@ main thread waiting forever (num_workers 0), or surfaces as a generic "Blocking 
 SystemError (num_workers > 0). `BatchLoader` reads in this process, one batch ahead in a
 thread, and re-raises whatever reading raised; `WorkerLoader` keeps Paddle's worker processes and,
 when one of them fails, reads the failed batch again here so that its error names the file.
+
+Both yield tensors in host memory: their consumers (the expert cache, evaluation) read them as
+NumPy arrays or feed them to a predictor, so a copy to the GPU and back would be wasted.
 """
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,8 +18,8 @@ from paddle.io.dataloader.collate import default_collate_fn
 
 
 def _to_tensors(batch) -> list:
-    return [paddle.to_tensor(field) if isinstance(field, np.ndarray) else field
-            for field in batch]
+    return [paddle.to_tensor(field, place=paddle.CPUPlace()) if isinstance(field, np.ndarray)
+            else field for field in batch]
 
 
 class BatchLoader:
@@ -55,7 +58,8 @@ class WorkerLoader:
                  shuffle: bool = False):
         self.loader = paddle.io.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                                            num_workers=num_workers, drop_last=False,
-                                           return_list=True, use_shared_memory=True)
+                                           return_list=True, use_shared_memory=True,
+                                           places=paddle.CPUPlace())
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
 
     def __len__(self) -> int:

@@ -21,18 +21,37 @@ STOPPED = -1  # the exit status reported for a command that was not started beca
 @dataclass(frozen=True)
 class Slot:
     """Where one child runs: extra environment (CUDA_VISIBLE_DEVICES), config overrides that go
-    before the user's (cpu_threads), and whether its output is sent to a file."""
+    before the user's (cpu_threads) and after them (device=gpu: what the slot needs), and whether
+    its output is sent to a file."""
     name: str
     env: Tuple[Tuple[str, str], ...] = ()
     overrides: Tuple[str, ...] = ()
     own_output: bool = False
+    required: Tuple[str, ...] = ()
 
 
-def make_slots(gpus: Optional[List[str]], jobs: int, cores: int) -> List[Slot]:
-    """One slot per GPU; or `jobs` slots sharing `cores` CPU cores (cpu_threads each). Several
-    slots send each child's output to a file instead of mixing it on the terminal."""
+def visible_gpus(visible: Optional[str], count: int) -> List[str]:
+    """The CUDA_VISIBLE_DEVICES name of each GPU this process sees as 0 .. count-1: the entries of
+    its own CUDA_VISIBLE_DEVICES (set by SLURM, Kubernetes or the user), else the numbers."""
+    if visible is None:
+        return [str(gpu) for gpu in range(count)]
+    return [name.strip() for name in visible.split(",")][:count]  # CUDA stops at a bad entry
+
+
+def make_slots(gpus: Optional[List[int]], jobs: int, cores: int,
+               gpu_names: Sequence[str] = ()) -> List[Slot]:
+    """One slot per GPU (numbered as this process sees them; `gpu_names` from visible_gpus), whose
+    child sees that GPU alone and must run on it (device=gpu: no silent CPU run); or `jobs` slots
+    sharing `cores` CPU cores (cpu_threads each). Several slots send each child's output to a
+    file instead of mixing it on the terminal."""
     if gpus:
-        return [Slot(f"GPU {gpu}", env=(("CUDA_VISIBLE_DEVICES", gpu),),
+        for gpu in gpus:
+            if gpu >= len(gpu_names):
+                raise UserError(f"--gpus {gpu}: this process sees {len(gpu_names)} GPU(s)"
+                                + (f", numbered 0 to {len(gpu_names) - 1}" if gpu_names else ""))
+        return [Slot(f"GPU {gpu}" + (f" ({gpu_names[gpu]})" if gpu_names[gpu] != str(gpu)
+                                     else ""),
+                     env=(("CUDA_VISIBLE_DEVICES", gpu_names[gpu]),), required=("device=gpu",),
                      own_output=len(gpus) > 1) for gpu in gpus]
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")

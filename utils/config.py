@@ -84,6 +84,8 @@ SCHEMA = {
     "num_workers": _int(0, 0),
     "amp": Key((bool,), False),
     "sync_bn": Key((bool,), False),
+    # monitoring
+    "use_visualdl": Key((bool,), False),  # VisualDL logs in <save_dir>/<class>/vdl/
 }
 ARCHITECTURE_KEYS = ("equal_network_size", "use_bias")
 

@@ -1,4 +1,5 @@
 """Pictures of a test run: image ROC curve, example anomaly maps, training curves (Agg)."""
+import io
 from typing import List, Optional, Sequence, Tuple
 
 import matplotlib
@@ -23,25 +24,65 @@ def _save(figure, path: str) -> str:
     return path
 
 
-def plot_roc(labels: np.ndarray, scores: np.ndarray, path: str, title: str = "",
-             threshold: Optional[float] = None) -> str:
-    """The image-level ROC curve (anomalous = positive), with the point of `threshold` marked."""
+def roc_figure(labels: np.ndarray, scores: np.ndarray, title: str = "",
+               marks: Sequence[Tuple[float, str, str]] = ()):
+    """The image-level ROC curve (anomalous = positive); each (threshold, label, colour) of
+    `marks` is drawn at its point (an image is called anomalous when its score >= threshold)."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
     fpr, tpr, _ = roc_curve(labels, scores)
     figure, axes = plt.subplots(figsize=(4.2, 4.2))
     axes.plot(fpr, tpr, color="tab:blue", lw=2,
               label=f"image ROC-AUC {roc_auc_score(labels, scores):.4f}")
     axes.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="chance")
-    if threshold is not None:
-        called = np.asarray(scores) >= threshold
-        labels = np.asarray(labels)
-        axes.plot(called[labels == 0].mean(), called[labels == 1].mean(), "o", color="tab:red",
-                  label=f"F1-max threshold {threshold:.4g}")
+    for threshold, label, colour in marks:
+        called = scores >= threshold
+        axes.plot(called[labels == 0].mean(), called[labels == 1].mean(), "o", color=colour,
+                  label=f"{label} {threshold:.4g}")
     axes.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false positive rate (normal images)",
              ylabel="true positive rate (anomalous images)", title=title or "image ROC")
     axes.set_aspect("equal")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+    return figure
+
+
+def plot_roc(labels: np.ndarray, scores: np.ndarray, path: str, title: str = "",
+             threshold: Optional[float] = None) -> str:
+    """roc_figure saved as `path`, with the point of the F1-max `threshold` marked."""
+    marks = [] if threshold is None else [(threshold, "F1-max threshold", "tab:red")]
+    return _save(roc_figure(labels, scores, title, marks), path)
+
+
+def score_histogram(scores: np.ndarray, labels: Optional[np.ndarray] = None,
+                    marks: Sequence[Tuple[float, str, str]] = ()):
+    """Histogram of the image scores (normal and anomalous apart when `labels` are known), with
+    a vertical line at each (threshold, label, colour) of `marks`."""
+    scores = np.asarray(scores, dtype=np.float64)
+    figure, axes = plt.subplots(figsize=(5.6, 3.0))
+    bins = np.histogram_bin_edges(scores, bins=min(40, max(10, len(scores) // 4)))
+    if labels is None:
+        axes.hist(scores, bins=bins, color="tab:blue", alpha=0.7, label="images")
+    else:
+        labels = np.asarray(labels)
+        for value, name, colour in ((0, "normal", "tab:green"), (1, "anomalous", "tab:red")):
+            if (labels == value).any():
+                axes.hist(scores[labels == value], bins=bins, color=colour, alpha=0.55,
+                          label=f"{name} ({int((labels == value).sum())})")
+    for threshold, label, colour in marks:
+        axes.axvline(threshold, color=colour, lw=1.5, ls="--", label=f"{label} {threshold:.4g}")
+    axes.set(xlabel="anomaly score", ylabel="images", title="image scores")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def svg_text(figure) -> str:
+    """A figure as SVG text (the figure is closed)."""
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def example_rows(labels: np.ndarray, scores: np.ndarray,
