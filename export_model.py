@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--opset_version", type=int, default=DEFAULT_OPSET,
                         help="lowest ONNX opset to write (--format onnx; raised when the graph "
                              f"needs more; default {DEFAULT_OPSET})")
-    add_config_args(parser)
+    add_config_args(parser, data_args=False)
     args = parser.parse_args(argv)
     if not OPSET_RANGE[0] <= args.opset_version <= OPSET_RANGE[1]:
         parser.error(f"--opset_version must be in {OPSET_RANGE[0]}..{OPSET_RANGE[1]}, "

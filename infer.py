@@ -2,13 +2,14 @@
 (model.json / model.pdmodel) or with ONNX Runtime (model.onnx), chosen by the model file.
 
     python infer.py --model_file output/demo/inference/model.json \
-        --input_file data/demo/demo/test --save_dir output/demo/infer
+        --image_path data/demo/demo/test --save_dir output/demo/infer
     python infer.py --model_file output/demo/onnx/model.onnx \
-        --input_file data/demo/demo/test --save_dir output/demo/infer_onnx
+        --image_path data/demo/demo/test --save_dir output/demo/infer_onnx
 
 Preprocessing is training's (RGB, PIL bilinear resize to the exported size, [0, 1]); the size,
 the map kind and the image threshold come from the inference.yml that export_model.py wrote beside
-the model. Writes <save_dir>/scores.csv (path,score,threshold,anomalous) and one picture per image.
+the model. Writes <save_dir>/predictions.csv (path,score,threshold,anomalous) and one picture per
+image, as predict.py does.
 """
 import argparse
 import os
@@ -26,7 +27,8 @@ from utils.errors import UserError, report_user_errors
 from utils.export_info import export_info_path, read_export_info
 from utils.image_files import chunks, list_images, picture_names
 from utils.onnx_runtime import is_onnx, make_session, run_session, session_applied
-from utils.predictions import Prediction, choose_threshold, write_predictions_csv
+from utils.predictions import (PREDICTIONS_CSV, Prediction, add_prediction_args,
+                               check_prediction_args, choose_threshold, write_predictions_csv)
 from utils.visualize import display_image, save_prediction_figure
 
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -51,10 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "with ONNX Runtime")
     parser.add_argument("--params_file", default=None,
                         help="default: model.pdiparams beside the model file")
-    parser.add_argument("-i", "--input_file", required=True, help="an image or a folder of images")
-    parser.add_argument("--save_dir", default="output/infer",
-                        help="scores.csv and the pictures go here")
-    parser.add_argument("-b", "--batch_size", type=int, default=1)
+    add_prediction_args(parser, "output/infer", "inference.yml's", batch_size=1)
     parser.add_argument("--use_gpu", type=str2bool, default=False)
     parser.add_argument("--enable_mkldnn", type=str2bool, default=True,
                         help="oneDNN on CPU (several times faster); Paddle Inference only")
@@ -66,15 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gpu_mem", type=int, default=500, help="initial GPU memory (MB)")
     parser.add_argument("--enable_benchmark", type=str2bool, default=False,
                         help="time preprocess / inference / postprocess, report memory")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="heatmap display threshold in [0, 1], as in predict.py")
-    parser.add_argument("--score_threshold", type=float, default=None,
-                        help="image threshold for the verdict (default: inference.yml's)")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
-    if not 0.0 <= args.threshold <= 1.0:
-        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
+    check_prediction_args(parser, args)
     if args.cpu_threads is None:
         args.cpu_threads = usable_cores()
     return args
@@ -170,15 +162,15 @@ def run_config(args: argparse.Namespace, applied: dict) -> dict:
 
 
 def infer(args: argparse.Namespace, log=print) -> dict:
-    """Scores and maps of every input image; writes scores.csv and the pictures."""
+    """Scores and maps of every input image; writes predictions.csv and the pictures."""
     check_options(args)
     model_file, params_file = resolve_model_files(args.model_file, args.params_file, log)
     info = read_export_info(model_file)
     size, method = info["img_size"], info["localization_method"]
     threshold = choose_threshold(info["image_threshold"], args.score_threshold,
                                  export_info_path(model_file))
-    paths = list_images(args.input_file, exclude=args.save_dir)
-    pictures = picture_names(paths, args.input_file)
+    paths = list_images(args.image_path, exclude=args.save_dir)
+    pictures = picture_names(paths, args.image_path)
     run_model, applied = create_runner(args, model_file, params_file, size)
     log(f"predictor: {applied['summary']}")
     benchmark = None
@@ -208,7 +200,7 @@ def infer(args: argparse.Namespace, log=print) -> dict:
         all_maps.append(maps)
         if benchmark:
             benchmark.end(len(batch))
-    csv_path = os.path.join(args.save_dir, "scores.csv")
+    csv_path = os.path.join(args.save_dir, PREDICTIONS_CSV)
     write_predictions_csv(csv_path, predictions)
     log(f"{sum(p.anomalous for p in predictions)} of {len(predictions)} image(s) anomalous; "
         f"wrote {csv_path} and {len(predictions)} picture(s) in "

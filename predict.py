@@ -24,39 +24,36 @@ from utils.device import setup_device
 from utils.errors import report_user_errors
 from utils.image_files import (check_folder_preprocessing, chunks, list_images,
                                picture_names)
-from utils.predictions import Prediction, choose_threshold, write_predictions_csv
+from utils.predictions import (PREDICTIONS_CSV, Prediction, add_prediction_args,
+                               check_prediction_args, choose_threshold, write_predictions_csv)
 from utils.report import REPORT_FILE, ReportRow, Threshold, write_report
 from utils.thumbnails import jpeg_bytes, strip
 from utils.visualize import colour_range, display_image, save_prediction_figure
 
 
+# --config and -o change how the model runs, never what it is.
+RUN_CONFIG_HELP = ("YAML config whose run settings (device, engine, cpu_threads, eval_batch_size, "
+                   "localization_method, smooth_grad_samples, ...) replace those of the "
+                   "config.yaml saved beside --model_path; the model's own settings "
+                   "(architecture, image size, lamda, expert) always come from that saved file")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Anomaly score, verdict and heatmap per image.")
-    parser.add_argument("--image_path", required=True, help="an image, or a folder of images")
+    parser = argparse.ArgumentParser(
+        description="Anomaly score, verdict and heatmap per image, from a trained cloner. "
+                    "--model_path alone is enough: the model's settings come from the "
+                    "config.yaml saved beside it.")
     parser.add_argument("--model_path", required=True,
                         help="cloner checkpoint, e.g. output/<class>/final_model.pdparams")
-    parser.add_argument("--save_dir", default="output/predict",
-                        help="pictures and predictions.csv go here")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="heatmap display threshold in [0, 1]: the overlay shows map values "
-                             "above it (feature_diff maps: above that fraction of the way from "
-                             "the map's minimum to its maximum)")
-    parser.add_argument("--score_threshold", type=float, default=None,
-                        help="image threshold for the verdict (default: the one stored in the "
-                             "checkpoint's .json)")
+    add_prediction_args(parser, "output/predict", "the one stored in the checkpoint's .json")
     parser.add_argument("--localization_method", choices=LOCALIZATION_METHODS, default=None,
                         help="default: the one in the model's saved config")
-    parser.add_argument("--batch_size", type=int, default=None,
-                        help="images per batch (default: the config's eval_batch_size)")
     parser.add_argument("--report", action="store_true",
                         help=f"also write <save_dir>/{REPORT_FILE}: every image with its anomaly "
                              "map, score and verdict on one page, sorted by score")
-    add_config_args(parser)
+    add_config_args(parser, data_args=False, config_help=RUN_CONFIG_HELP)
     args = parser.parse_args(argv)
-    if not 0.0 <= args.threshold <= 1.0:
-        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    check_prediction_args(parser, args)
     return args
 
 
@@ -96,7 +93,7 @@ def predict(args: argparse.Namespace, log=print) -> list:
                                                colour_range(anomaly_map, method)))))
             log(f"{path}: score {prediction.score:.6g} (threshold {threshold:.6g}) "
                 f"{prediction.verdict} -> {picture}")
-    csv_path = os.path.join(args.save_dir, "predictions.csv")
+    csv_path = os.path.join(args.save_dir, PREDICTIONS_CSV)
     write_predictions_csv(csv_path, predictions)
     anomalous = sum(p.anomalous for p in predictions)
     log(f"{anomalous} of {len(predictions)} image(s) anomalous ({method} maps); wrote {csv_path}")

@@ -8,7 +8,6 @@ The model's own settings (architecture, image size, lamda, expert) come from the
 training saved beside the checkpoint, so --model_path alone is enough.
 """
 import argparse
-import csv
 import json
 import math
 import os
@@ -23,6 +22,7 @@ from test_functions import Evaluation, MapGenerator, evaluate, evaluation_metric
 from trained_model import add_model_args, load_model, resolve_model
 from utils import plots
 from utils.checkpoint import load_model_info
+from utils.csv_files import write_csv
 from utils.device import setup_device
 from utils.errors import UserError, report_user_errors
 from utils.files import atomic_write, atomic_write_text
@@ -30,15 +30,12 @@ from utils.logger import get_logger
 from utils.report import REPORT_FILE, ReportRow, Threshold, write_report
 from utils.thumbnails import jpeg_bytes, strip
 
-def write_scores_csv(path: str, paths, labels, scores) -> None:
-    def write(tmp):
-        with open(tmp, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["path", "label", "score"])
-            for row in zip(paths, labels, scores):
-                writer.writerow([row[0], int(row[1]), f"{row[2]:.8g}"])
 
-    atomic_write(path, write)
+def write_scores_csv(path: str, paths, labels, scores) -> None:
+    """path,label,score (label 1 = anomalous), one row per test image."""
+    write_csv(path, ("path", "label", "score"),
+              ([name, int(label), f"{score:.8g}"] for name, label, score in
+               zip(paths, labels, scores)))
 
 
 def save_maps_npz(path: str, result) -> None:
@@ -191,21 +188,23 @@ def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: boo
                            if config["localization_test"] else "localization_test is false")
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
-        write_scores_csv(os.path.join(save_dir, "scores.csv"), result.paths, result.labels,
-                         result.scores)
+        written = [os.path.join(save_dir, "scores.csv")]
+        write_scores_csv(written[0], result.paths, result.labels, result.scores)
         if save_maps and result.maps is not None:
-            save_maps_npz(os.path.join(save_dir, "maps.npz"), result)
+            written.append(os.path.join(save_dir, "maps.npz"))
+            save_maps_npz(written[-1], result)
         if pictures:
-            save_pictures(save_dir, result, dataset, metrics, model_path,
-                          f"{config['dataset_name']} '{category}'", log)
+            written += save_pictures(save_dir, result, dataset, metrics, model_path,
+                                     f"{config['dataset_name']} '{category}'", log)
         if report:
-            written = save_report(os.path.join(save_dir, REPORT_FILE), result, dataset, metrics,
-                                  summary, f"{config['dataset_name']} '{category}': test report")
-            log(f"wrote {written}")
+            written.append(save_report(os.path.join(save_dir, REPORT_FILE), result, dataset,
+                                       metrics, summary,
+                                       f"{config['dataset_name']} '{category}': test report"))
         # written last: its presence marks a finished test (run_all.py relies on it)
         atomic_write_text(os.path.join(save_dir, "metrics.json"),
                           json.dumps(_json_safe(summary), indent=2) + "\n")
-        log(f"wrote {save_dir}/metrics.json and scores.csv")
+        names = ["metrics.json"] + [os.path.basename(path) for path in written]
+        log(f"wrote {', '.join(names[:-1])} and {names[-1]} in {save_dir}")
     return {"summary": summary, "result": result}
 
 

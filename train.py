@@ -59,6 +59,9 @@ def model_dir_of(config: dict) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train KDAD's cloner on one category.")
     add_config_args(parser)
+    parser.add_argument("--save_dir", default=None,
+                        help="the models go to <save_dir>/<normal_class>/ (same as -o save_dir=...; "
+                             "default: the config's save_dir, output)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from <save_dir>/<class>/last.pdckpt (same as "
                              "continue_train: true)")
@@ -66,6 +69,8 @@ def parse_args(argv=None):
                         help="log to VisualDL in <save_dir>/<class>/vdl/ (same as -o "
                              "use_visualdl=true)")
     args = parser.parse_args(argv)
+    if args.save_dir is not None:  # an explicit -o save_dir=... still wins
+        args.override.insert(0, f"save_dir={args.save_dir}")
     if args.use_vdl:
         args.override.append("use_visualdl=true")
     return args
@@ -131,11 +136,8 @@ class Trainer:
         if resumed:
             load_state_strict(self.cloner, self.state["cloner"], LAST_STATE)
         with rank_zero_work():  # a failure here stops every process, with the same message
-            if self.main:
+            if self.main and config["expert_cache"] == "disk":  # the cache's files go there
                 os.makedirs(self.model_dir, exist_ok=True)
-                save_config(config, os.path.join(self.model_dir, "config.yaml"))
-                if not config["pretrain"] and not resumed:
-                    self.save_weights(self.expert, EXPERT_STEM)
         expert_runner = make_runner(self.expert, config, self.device, [3, size, size])
         cache_args = dict(expert_runner=expert_runner, batch_size=eval_batch_size(config),
                           storage=config["expert_cache"], folder=self.model_dir,
@@ -143,6 +145,10 @@ class Trainer:
         self.train_cache = ExpertCache(train_set, **cache_args)
         with rank_zero_work():
             self.test_cache = ExpertCache(test_set, **cache_args) if self.main else None
+            if self.main:  # only now that every image was read: bad data leaves no file behind
+                save_config(config, os.path.join(self.model_dir, "config.yaml"))
+                if not config["pretrain"] and not resumed:
+                    self.save_weights(self.expert, EXPERT_STEM)
         self.test_normalization = getattr(test_set, "normalization", None)  # to show images
         self.log.info(f"{len(train_set)} training and {len(test_set)} test images of "
                       f"'{config['normal_class']}' at {size} px; device {self.device}, "

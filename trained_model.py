@@ -5,9 +5,10 @@ import os
 
 from network import load_cloner
 from utils.checkpoint import find_weights, load_model_info
-from utils.config import add_config_args, config_from_args, load_saved_config, parse_override
+from utils.config import (WEIGHTS_FORMATS, add_config_args, config_from_args, load_saved_config,
+                          parse_override)
 from utils.errors import UserError
-from vgg import build_expert, check_expert
+from vgg import EXPERT_STEM, build_expert, check_expert
 
 # Settings that define a trained model: taken from its saved config unless given with -o.
 MODEL_KEYS = ("pretrain", "vgg_weights", "equal_network_size", "use_bias", "mvtec_img_size",
@@ -29,7 +30,7 @@ def resolve_model(args):
         model_path = find_weights(os.path.join(config["save_dir"], str(config["normal_class"])),
                                   "final_model", config["weights_format"])
     if not os.path.isfile(model_path):
-        raise UserError(f"model not found: {model_path} (train first, or pass --model_path)")
+        raise missing_model(model_path, given=args.model_path is not None)
     saved_path = os.path.join(os.path.dirname(model_path), "config.yaml")
     if not os.path.isfile(saved_path):
         return config_from_args(args), model_path
@@ -38,6 +39,21 @@ def resolve_model(args):
     explicit = {parse_override(text)[0] for text in args.override}
     config.update({key: saved[key] for key in MODEL_KEYS if key not in explicit})
     return config, model_path
+
+
+def missing_model(model_path: str, given: bool) -> UserError:
+    """The error for a model that is not there: what to do depends on who chose the path."""
+    if not given:
+        return UserError(f"model not found: {model_path} (train first, or pass --model_path)")
+    if os.path.isdir(model_path):
+        return UserError(f"--model_path {model_path} is a folder; pass a weights file in it, "
+                         f"e.g. {os.path.join(model_path, 'final_model.pdparams')}")
+    folder = os.path.dirname(model_path) or "."
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    models = [name for name in names if name.endswith(tuple("." + f for f in WEIGHTS_FORMATS))
+              and not name.startswith(EXPERT_STEM + ".")]
+    hint = f"; {folder} holds {', '.join(models)}" if models else ""
+    return UserError(f"--model_path {model_path} not found{hint}")
 
 
 def load_model(config: dict, model_path: str, log=print):

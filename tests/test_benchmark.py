@@ -4,16 +4,20 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import benchmark
 from benchmark import memory_rows, peak_memory_mb, training_rows
 from conftest import ROOT
+from metrics import loc_auc_paper
 
 TINY = ["--img_size", "32", "--batch_size", "4", "--num_train", "4", "--num_test_good", "2",
         "--num_per_defect", "1", "--repeats", "1", "--naive_train_steps", "1",
         "--smooth_grad_samples", "2", "--ig_steps", "2", "--memory_images"]
 
 
+@pytest.mark.slow
 def test_benchmark_tables(tmp_path):
     output = tmp_path / "benchmark.md"
     result = subprocess.run([sys.executable, "benchmark.py", *TINY, "--output", str(output)],
@@ -33,6 +37,14 @@ def test_benchmark_tables(tmp_path):
     reference, vectorised = re.search(r"AUC ([0-9.]+); the vectorised sweep gives ([0-9.]+)",
                                       tables).groups()
     assert reference == vectorised
+
+
+def test_the_naive_auc_loop_gives_the_papers_auc(rng):
+    """The naive variant the benchmark times is the reference's loop: same AUC as the sweep."""
+    maps = rng.random((3, 16, 16))
+    masks = (rng.random((3, 16, 16)) > 0.7).astype(np.float64)
+    assert benchmark.reference_loc_auc(maps, masks) == pytest.approx(loc_auc_paper(maps, masks),
+                                                                     abs=1e-9)
 
 
 def test_on_a_gpu_memory_is_the_gpus_and_no_row_is_about_cpu_threads():

@@ -172,6 +172,7 @@ def test_mvtec_img_size_is_not_checked_where_the_protocol_fixes_the_size():
         config_for("retina", "x", normal_class="NORMAL", mvtec_img_size=100)
 
 
+@pytest.mark.slow
 def test_train_and_test_on_mnist_write_scores_for_the_whole_test_set(mnist_root, tmp_path):
     config = config_for("mnist", mnist_root, normal_class=3, pretrain=False, num_epochs=0,
                         batch_size=5, eval_batch_size=50, seed=0, cpu_threads=2,

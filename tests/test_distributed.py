@@ -83,6 +83,7 @@ def max_relative_difference(saved: dict, reference: dict) -> float:
                for name, value in reference.items())
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_averaging_two_half_batches(two_process_run, tmp_path):
     config = {**two_process_run["config"], "save_dir": str(tmp_path / "reference"),
               "log_dir": str(tmp_path / "logs")}
@@ -100,6 +101,7 @@ def test_two_processes_equal_one_averaging_two_half_batches(two_process_run, tmp
     assert max_relative_difference(saved, full_batch) > 1e-3
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes(two_process_run):
     config, model_dir = two_process_run["config"], two_process_run["model_dir"]
     assert sorted(os.listdir(config["log_dir"])) == ["demo_train.log"]

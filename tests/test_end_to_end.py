@@ -10,8 +10,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import test as test_script
+import train as train_script
 from anomaly_map import ScoreModel
-from conftest import SHARED_DATA, make_config
+from conftest import ROOT, SHARED_DATA, make_config
 from dataset import load_image
 from network import load_cloner
 from train import train
@@ -47,6 +48,12 @@ def test_test_script_writes_metrics_and_scores(trained_model, tmp_path, capsys):
     metrics = json.load(open(out / "metrics.json"))
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and 0.0 <= metrics["loc_auc_paper"] <= 1.0
     assert f"{metrics['image_auroc']:.4f}" in printed
+    pictures = ("roc_curve.png", "anomaly_maps.png", "training_curves.png")
+    assert all(os.path.isfile(out / name) for name in pictures)
+    # the last line names every file written, the pictures included
+    assert printed.strip().splitlines()[-1] == (
+        f"wrote metrics.json, scores.csv, {', '.join(pictures[:2])} and {pictures[2]} in {out}")
+    assert b"\r" not in (out / "scores.csv").read_bytes()  # LF line endings
     rows = read_scores(out / "scores.csv")
     assert len(rows) == 12 and metrics["num_images"] == 12
     for row in rows:  # label 1 = anomalous = every folder but test/good
@@ -84,12 +91,23 @@ def test_test_script_reports_a_missing_model_in_one_line(tmp_path, capsys):
         test_script.main(["--model_path", str(tmp_path / "nope.pdparams")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: model not found:") and "nope.pdparams" in err
-    assert len(err.splitlines()) == 1
+    assert err == f"error: --model_path {tmp_path / 'nope.pdparams'} not found"
+
+
+def test_train_takes_save_dir_like_test_py(tmp_path):
+    """--save_dir is -o save_dir=...; an explicit -o save_dir=... wins."""
+    argv = ["--config", os.path.join(ROOT, "configs", "demo.yaml"), "--save_dir", str(tmp_path / "models")]
+    config, _ = train_script.resolve_config(train_script.parse_args(argv))
+    assert config["save_dir"] == str(tmp_path / "models")
+    assert train_script.model_dir_of(config) == str(tmp_path / "models" / "demo")
+    config, _ = train_script.resolve_config(train_script.parse_args(
+        argv + ["-o", f"save_dir={tmp_path / 'other'}"]))
+    assert config["save_dir"] == str(tmp_path / "other")
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "magnetic_tile")),
                     reason="../shared/data/magnetic_tile is not here")
+@pytest.mark.slow
 def test_smoke_on_real_magnetic_tile_photographs(tmp_path, expert_file):
     """Real, non-square grayscale photographs in the MVTec layout: one epoch, then test.py."""
     root = tmp_path / "data"

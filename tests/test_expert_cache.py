@@ -31,8 +31,8 @@ def recomputed(demo_root, tmp_path_factory):
                            log_dir=str(folder / "logs"), cpu_threads=1))
 
 
-@pytest.mark.parametrize("storage, engine", [("memory", "auto"), ("disk", "auto"),
-                                             ("memory", "eager")])
+@pytest.mark.parametrize("storage, engine", [
+    ("memory", "auto"), ("disk", "auto"), pytest.param("memory", "eager", marks=pytest.mark.slow)])
 def test_cached_expert_outputs_give_bit_identical_training(demo_root, tmp_path, recomputed,
                                                           storage, engine):
     config = make_config(demo_root, None, expert_cache=storage, save_dir=str(tmp_path),

@@ -61,12 +61,13 @@ def test_script_results(trained_model, tmp_path_factory):
 
 def run_infer(folder, input_file, save_dir, *extra):
     return infer.infer(infer.parse_args(["--model_file", os.path.join(folder, "model.json"),
-                                         "--input_file", input_file, "--save_dir",
+                                         "--image_path", input_file, "--save_dir",
                                          str(save_dir), "--cpu_threads", "2", *extra]),
                        log=lambda line: None)
 
 
 @pytest.mark.parametrize("method", ["gradients", "feature_diff"])
+@pytest.mark.slow
 def test_infer_reproduces_test_py(method, exported, test_script_results, trained_model,
                                   demo_root, tmp_path):
     out = tmp_path / "infer"
@@ -87,7 +88,8 @@ def test_infer_reproduces_test_py(method, exported, test_script_results, trained
     else:  # no max-pool switches in a forward-only map: float rounding only
         np.testing.assert_allclose(result["maps"], expected, rtol=1e-3,
                                    atol=1e-4 * expected.max())
-    rows = read_rows(out / "scores.csv")
+    assert b"\r" not in (out / "predictions.csv").read_bytes()  # LF line endings
+    rows = read_rows(out / "predictions.csv")
     threshold = yaml.safe_load(open(os.path.join(exported[method], "inference.yml")))[
         "image_threshold"]
     stored = json.load(open(os.path.join(trained_model["model_dir"], "final_model.json")))

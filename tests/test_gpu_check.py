@@ -43,5 +43,5 @@ def test_without_a_gpu_the_cpu_rows_pass_and_the_gpu_rows_are_skipped(tmp_path):
         assert rows[name][0] == "skipped", (name, rows[name])
     assert rows["GPU: train 2 epochs"][1] == "no GPU visible to Paddle"
     assert rows["GPU: 2 processes on 2 GPUs, engine: inference"][1] == "needs 2 GPUs, found 0"
-    scores = (tmp_path / "infer_cpu" / "scores.csv").read_text().splitlines()
+    scores = (tmp_path / "infer_cpu" / "predictions.csv").read_text().splitlines()
     assert scores[0].startswith("path,score") and len(scores) == 1 + 12  # every test image

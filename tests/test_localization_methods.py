@@ -146,10 +146,28 @@ REFERENCES = {
 }
 
 
+class References(dict):
+    """{method: (scores, maps)} of the per-image references, each computed when first asked
+    for (smooth grad and integrated gradients take long, and only the slow tier asks)."""
+
+    def __init__(self, networks):
+        super().__init__()
+        self.networks = networks
+
+    def __missing__(self, method):
+        self[method] = REFERENCES[method](*self.networks)
+        return self[method]
+
+
 @pytest.fixture(scope="module")
 def references(networks):
-    expert, cloner, images = networks
-    return {method: reference(expert, cloner, images) for method, reference in REFERENCES.items()}
+    return References(networks)
+
+
+# the many-copies methods take long; the slow tier runs them
+METHODS = ["gradients", "gbp", "feature_diff",
+           pytest.param("smooth_grad", marks=pytest.mark.slow),
+           pytest.param("integrated_gradients", marks=pytest.mark.slow)]
 
 
 def assert_maps_close(actual, expected, atol):
@@ -165,7 +183,7 @@ BATCHES = {"gradients": [3], "gbp": [3], "feature_diff": [3],
            "integrated_gradients": [2] * 7 + [1]}  # 3 images x 5 points on the path
 
 
-@pytest.mark.parametrize("method", list(REFERENCES))
+@pytest.mark.parametrize("method", METHODS)
 def test_batched_method_equals_per_image_reference(networks, references, method):
     maker = generator(networks, method)
     sizes, runner = [], maker.runner
@@ -177,6 +195,7 @@ def test_batched_method_equals_per_image_reference(networks, references, method)
     assert_maps_close(maps, expected_maps, atol=2e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(REFERENCES))
 def test_method_under_paddle_inference_equals_reference(networks, references, method):
     """The exported layers under oneDNN (Paddle Inference) give the same maps."""
@@ -186,15 +205,17 @@ def test_method_under_paddle_inference_equals_reference(networks, references, me
     assert_maps_close(maps, expected_maps, atol=3e-3)
 
 
+@pytest.mark.slow
 def test_methods_differ_from_each_other(references):
     """The references are not all the same map, so agreeing with one of them means something."""
-    maps = {method: result[1] for method, result in references.items()}
+    maps = {method: references[method][1] for method in REFERENCES}
     methods = list(maps)
     for i, first in enumerate(methods):
         for second in methods[i + 1:]:
             assert not np.allclose(maps[first], maps[second], atol=1e-2), (first, second)
 
 
+@pytest.mark.slow
 def test_smooth_grad_depends_on_the_noise(networks, references):
     """Other noise, other map: the reference comparison above does check the noise."""
     expert, cloner, images = networks

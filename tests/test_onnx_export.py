@@ -44,9 +44,9 @@ def export(model_path, folder, *extra, log=lambda line: None):
     return export_model.export(args, log=log)
 
 
-def run_infer(model_file, input_file, save_dir, *extra):
-    return infer.infer(infer.parse_args(["--model_file", str(model_file), "--input_file",
-                                         str(input_file), "--save_dir", str(save_dir),
+def run_infer(model_file, image_path, save_dir, *extra):
+    return infer.infer(infer.parse_args(["--model_file", str(model_file), "--image_path",
+                                         str(image_path), "--save_dir", str(save_dir),
                                          "--cpu_threads", "2", *extra]),
                        log=lambda line: None)
 
@@ -94,11 +94,12 @@ def test_onnx_runtime_reproduces_test_py(method, onnx_models, trained_model, dem
         assert np.abs(result["maps"] - expected).mean() <= GRADIENT_MAP_MEAN_ERROR
     threshold = yaml.safe_load(open(os.path.join(os.path.dirname(onnx_models[method]),
                                                  "inference.yml")))["image_threshold"]
-    for row in read_rows(tmp_path / "infer" / "scores.csv"):
+    for row in read_rows(tmp_path / "infer" / "predictions.csv"):
         assert int(row["anomalous"]) == int(float(row["score"]) > threshold)
 
 
 @needs_onnx
+@pytest.mark.slow  # the three exports of onnx_models
 def test_onnx_model_names_dynamic_batch_and_metadata(onnx_models, demo_root):
     import onnxruntime
 
@@ -182,17 +183,19 @@ def test_paddle_export_and_inference_without_the_extras(trained_model, demo_root
 
 
 @needs_onnx
+@pytest.mark.slow  # the three exports of onnx_models
 def test_infer_without_onnxruntime_says_what_to_install(onnx_models, demo_root, tmp_path,
                                                         monkeypatch, user_error):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     message = user_error(infer.main, ["--model_file", onnx_models["feature_diff"],
-                                      "--input_file", os.path.join(demo_root, "demo", "test"),
+                                      "--image_path", os.path.join(demo_root, "demo", "test"),
                                       "--save_dir", str(tmp_path)])
     assert f"running {onnx_models['feature_diff']} needs onnxruntime" in message
     assert "pip install onnxruntime==1.32.0" in message
 
 
 @needs_onnx
+@pytest.mark.slow  # the three exports of onnx_models
 @pytest.mark.parametrize("options,needle", [
     (["--precision", "bf16"], "ONNX Runtime runs"),
     (["--use_gpu", "True", "--use_tensorrt", "True"], "ONNX Runtime runs"),
@@ -207,7 +210,7 @@ def test_paddle_only_options_on_an_onnx_model_are_one_line_errors(onnx_models, d
             onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has a CUDA provider")
     message = user_error(infer.main, ["--model_file", onnx_models["feature_diff"],
-                                      "--input_file", os.path.join(demo_root, "demo", "test"),
+                                      "--image_path", os.path.join(demo_root, "demo", "test"),
                                       "--save_dir", str(tmp_path), *options])
     assert needle in message
 
@@ -219,11 +222,11 @@ def test_a_corrupt_model_onnx_is_one_line_naming_it(demo_root, tmp_path, user_er
     model_file.write_bytes(b"not a protobuf")
     (tmp_path / "inference.yml").write_text(yaml.safe_dump(
         {"img_size": 64, "localization_method": "gradients", "image_threshold": 0.5}))
-    message = user_error(infer.main, ["--model_file", str(model_file), "--input_file",
+    message = user_error(infer.main, ["--model_file", str(model_file), "--image_path",
                                       os.path.join(demo_root, "demo", "test", "good"),
                                       "--save_dir", str(tmp_path / "out")])
     assert message.startswith(f"error: cannot load {model_file} (")
-    assert not (tmp_path / "out" / "scores.csv").exists()
+    assert not (tmp_path / "out" / "predictions.csv").exists()
 
 
 @pytest.mark.parametrize("opset", ["6", "22"])

@@ -59,6 +59,7 @@ def test_every_picture_is_written(tmp_path, rng):
         assert min(png_size(path)) > 200
 
 
+@pytest.mark.slow
 def test_test_script_saves_the_pictures(trained_model, tmp_path):
     out = tmp_path / "results"
     test_script.main(["--model_path", trained_model["model_path"], "--save_dir", str(out),
@@ -71,6 +72,7 @@ def test_test_script_saves_the_pictures(trained_model, tmp_path):
         assert 0.0 <= metrics[key] <= 1.0
 
 
+@pytest.mark.slow
 def test_no_training_curves_without_history(trained_model, tmp_path):
     model_dir = tmp_path / "model"
     model_dir.mkdir()

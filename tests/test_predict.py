@@ -9,6 +9,7 @@ import paddle
 import pytest
 from PIL import Image
 
+import infer
 import predict
 from anomaly_map import ScoreModel
 from dataset import load_image
@@ -40,6 +41,7 @@ def run_predict(capsys, *args):
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_folder_gives_a_picture_and_a_verdict_per_image(trained_model, demo_root, tmp_path,
                                                         capsys):
     test_dir = os.path.join(demo_root, "demo", "test")
@@ -47,6 +49,7 @@ def test_folder_gives_a_picture_and_a_verdict_per_image(trained_model, demo_root
     printed = run_predict(capsys, "--image_path", test_dir, "--model_path",
                           trained_model["model_path"], "--save_dir", str(out),
                           "--batch_size", "5")
+    assert b"\r" not in (out / "predictions.csv").read_bytes()  # LF line endings
     rows = read_rows(out / "predictions.csv")
     expected_paths = [os.path.join(test_dir, kind, f"{i:03d}.png")
                       for kind in ("blob", "good", "scratch") for i in range(4)]
@@ -96,6 +99,7 @@ def test_non_image_files_are_skipped(tmp_path, demo_root):
     assert picture_names(found, str(folder)) == ["b.jpg.png", "b.png.png", "sub/a.png"]
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_is_one_line_naming_it(trained_model, tmp_path, capsys, demo_root):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -131,3 +135,24 @@ def test_a_model_of_another_preprocessing_is_refused(trained_model, tmp_path, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cifar10" in err
+
+
+def test_help_says_what_the_config_flags_do_for_prediction(capsys):
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # flags that would choose a data set mean nothing here, so there are none
+    assert "--dataset_root" not in text and "--normal_class" not in text
+    assert "saved beside --model_path" in text and "--config CONFIG YAML config" in text
+
+
+@pytest.mark.parametrize("flag", ["--image_path", "--input_file", "-i"])
+def test_predict_and_infer_take_the_same_input_flags(flag):
+    """A user who learnt one script can use its flags in the other; old names still work."""
+    shared = [flag, "pictures/a.png", "--save_dir", "out", "-b", "3", "--threshold", "0.2",
+              "--score_threshold", "0.7"]
+    ours = predict.parse_args(shared + ["--model_path", "m.pdparams"])
+    exported = infer.parse_args(shared + ["--model_file", "model.json", "--cpu_threads", "1"])
+    for args in (ours, exported):
+        assert (args.image_path, args.save_dir, args.batch_size, args.threshold,
+                args.score_threshold) == ("pictures/a.png", "out", 3, 0.2, 0.7)

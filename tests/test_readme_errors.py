@@ -1,6 +1,9 @@
-"""The error examples of the READMEs' "When things go wrong" section print exactly what is shown.
+"""The error examples of the README and the docs pages (```console blocks) print exactly what is
+shown.
 
-(Every command of the READMEs' bash blocks is run by tests/test_readme.py.)"""
+(Every command of their bash blocks is run by tests/test_readme.py, which also checks that each
+Chinese page shows the same examples as its English twin.)"""
+import importlib
 import os
 import re
 import shlex
@@ -8,17 +11,14 @@ import shutil
 
 import pytest
 
-import test as test_script
-import train as train_script
 from conftest import ROOT
 from script_helpers import run_main
-
-READMES = [os.path.join(ROOT, name) for name in ("README.md", "README_cn.md")]
+from test_readme import english_pages
 
 
 def error_examples(path):
     """(argv, expected stderr line) of the `$ python ...` lines followed by `error: ...`."""
-    text = open(path, encoding="utf-8").read()
+    text = open(os.path.join(ROOT, path), encoding="utf-8").read()
     examples = []
     for body in re.findall(r"```console\n(.*?)```", text, re.S):
         lines = body.strip("\n").splitlines()
@@ -37,13 +37,16 @@ def demo_folder(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_both_readmes_show_the_same_examples():
-    examples = [error_examples(path) for path in READMES]
-    assert len(examples[0]) == 3 and examples[1] == examples[0]
+def all_examples():
+    return [example for page in english_pages() for example in error_examples(page)]
 
 
-@pytest.mark.parametrize("argv,expected", error_examples(READMES[0]))
-def test_error_examples_print_what_the_readme_shows(demo_folder, capsys, argv, expected):
-    script = {"train.py": train_script, "test.py": test_script}[argv[0]]
+def test_the_examples_are_there():
+    assert len(all_examples()) >= 3
+
+
+@pytest.mark.parametrize("argv,expected", all_examples())
+def test_error_examples_print_what_the_page_shows(demo_folder, capsys, argv, expected):
+    script = importlib.import_module(argv[0][:-len(".py")])  # train.py, test.py, predict.py...
     code, _, err = run_main(script.main, argv[1:], capsys)
     assert code == 2 and err == expected + "\n"

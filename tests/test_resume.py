@@ -75,6 +75,7 @@ def wait_for_epochs(process, folder, count, timeout=120):
         time.sleep(0.005)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path, data_root, reference):
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
                           num_epochs=NUM_EPOCHS, eval_interval=3)
@@ -104,6 +105,7 @@ def epochs_logged(out) -> int:
 
 @pytest.mark.parametrize("stop, word, status", [(signal.SIGINT, "interrupted", 130),
                                                  (signal.SIGTERM, "terminated", 143)])
+@pytest.mark.slow
 def test_ctrl_c_or_sigterm_saves_and_says_how_to_resume(tmp_path, data_root, reference, stop,
                                                         word, status):
     """With save_interval 100 only the stop's own save holds the epochs since epoch 0. SIGTERM is
@@ -137,6 +139,7 @@ def file_bytes(folder, names):
 
 
 @pytest.mark.parametrize("save_interval", [1, 100])
+@pytest.mark.slow
 def test_diverging_loss_stops_and_keeps_the_last_good_state(tmp_path, data_root, capsys,
                                                             save_interval):
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
@@ -162,6 +165,7 @@ def test_diverging_loss_stops_and_keeps_the_last_good_state(tmp_path, data_root,
 
 
 @pytest.mark.parametrize("where", ["weights", "scores", "weights in epoch 0"])
+@pytest.mark.slow
 def test_non_finite_weights_or_scores_stop_training(tmp_path, data_root, capsys, monkeypatch,
                                                     where):
     """A NaN that the epoch's loss did not show: in the weights after the last step, or in the
@@ -205,6 +209,7 @@ def test_non_finite_weights_or_scores_stop_training(tmp_path, data_root, capsys,
         assert all(np.isfinite(value).all() for value in best.values())
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_seed_when_the_config_file_says_null(tmp_path, data_root, capsys):
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
                           num_epochs=0, seed=None)
@@ -223,6 +228,7 @@ def test_resume_keeps_the_seed_when_the_config_file_says_null(tmp_path, data_roo
     assert code == 0 and "nothing to train: the run already reached epoch 0" in out, err
 
 
+@pytest.mark.slow
 def test_resume_does_not_depend_on_the_layers_built_before(tmp_path, data_root, capsys):
     """Paddle names optimizer accumulators after a process-wide layer counter; the saved state
     must load in a process that built other layers first."""
@@ -323,6 +329,7 @@ def test_a_failed_text_write_keeps_the_previous_file(tmp_path, monkeypatch, kind
     assert os.listdir(str(tmp_path)) == [os.path.basename(paths[kind])]
 
 
+@pytest.mark.slow
 def test_a_failed_write_during_training_keeps_the_last_state(tmp_path, data_root, capsys,
                                                              monkeypatch):
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
@@ -358,6 +365,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o640
 
 
+@pytest.mark.slow
 def test_a_reused_folder_never_scores_with_another_expert(tmp_path, data_root, capsys):
     """A new run in the same folder replaces the random expert at its start; until it has
     overwritten them, the earlier run's checkpoints are still there, and they refuse that expert

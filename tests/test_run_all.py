@@ -30,6 +30,7 @@ def write_config(tmp_path, root):
     return str(path)
 
 
+@pytest.mark.slow
 def test_runs_every_category_keeps_going_after_a_failure_and_resumes(tmp_path, monkeypatch,
                                                                       capsys):
     root = tmp_path / "data"
@@ -233,6 +234,7 @@ def two_categories(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_two_jobs_at_once_give_the_tables_of_one_at_a_time(tmp_path, capsys):
     root = two_categories(tmp_path)
     tables = {}
@@ -263,6 +265,7 @@ def test_two_jobs_at_once_give_the_tables_of_one_at_a_time(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("stop, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_a_stop_reaches_the_training_child_which_saves_its_state(tmp_path, stop, status):
     """SIGTERM or SIGINT sent to run_all alone (the children have their own session) is
     passed on: train.py saves last.pdckpt, says so, and the next run resumes it."""
@@ -290,6 +293,7 @@ def test_a_stop_reaches_the_training_child_which_saves_its_state(tmp_path, stop,
     assert run_all.planned_steps(job) == ["resume", "test"]
 
 
+@pytest.mark.slow
 def test_parallel_runs_fetch_the_imagenet_weights_once_before_starting(tmp_path, capsys,
                                                                        monkeypatch):
     import vgg

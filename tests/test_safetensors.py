@@ -21,6 +21,7 @@ def same_arrays(a: dict, b: dict) -> bool:
         a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes() for name in a)
 
 
+@pytest.mark.slow
 def test_training_in_safetensors_writes_no_pickled_weights(tmp_path, data_root, capsys):
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path))
     folder = model_dir(tmp_path)
@@ -99,6 +100,7 @@ def malicious_file(path, marker, extra=None):
     return path
 
 
+@pytest.mark.slow
 def test_a_pickle_that_would_run_code_is_refused_everywhere(tmp_path, data_root, capsys):
     marker = tmp_path / "code_ran"
     config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),

@@ -192,6 +192,7 @@ def test_masks_are_binarised_at_one_half():
 
 # ---- test.py writes them all, and maps.npz holds what they were computed from --------------
 
+@pytest.mark.slow
 def test_test_script_metrics_agree_with_saved_maps(trained_model, tmp_path):
     out = tmp_path / "results"
     test_script.main(["--model_path", trained_model["model_path"], "--save_dir", str(out),

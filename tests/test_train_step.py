@@ -35,6 +35,7 @@ def train_epochs(config: dict, epochs: int = 2):
     return losses, {name: value.numpy() for name, value in trainer.cloner.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_training_threads_change_nothing_but_rounding(demo_root, tmp_path):
     """train_cpu_threads only changes the order of floating-point sums."""
     runs = [train_epochs(make_config(demo_root, None, train_cpu_threads=threads,

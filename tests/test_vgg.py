@@ -42,7 +42,8 @@ def expert_state(expert_file):
             paddle.load(expert_file, return_numpy=True).items()}
 
 
-@pytest.mark.parametrize("size", [32, 64, 128])
+@pytest.mark.parametrize("size", [32, pytest.param(64, marks=pytest.mark.slow),
+                                  pytest.param(128, marks=pytest.mark.slow)])
 def test_stage_shapes_and_values_match_the_plain_vgg16_sequential(expert, size):
     n = 2 if size < 128 else 1
     x = paddle.to_tensor(np.random.default_rng(size).random((n, 3, size, size), np.float32))

@@ -117,7 +117,7 @@ STEPS=2  # 16 training images in batches of 8
 MODEL=$WORK/cpu/demo/final_model.pdparams
 TEST=(test.py --model_path "$MODEL" --dataset_root "$WORK/data" --normal_class demo --no_pictures
       -o "log_dir=$LOGS")
-INFER=(infer.py --model_file "$WORK/inference/model.json" --input_file "$WORK/data/demo/test"
+INFER=(infer.py --model_file "$WORK/inference/model.json" --image_path "$WORK/data/demo/test"
        --batch_size 4)
 
 gpu() {  # run | check | infer_on_gpu, check name, ...: skipped without a GPU
@@ -131,7 +131,7 @@ infer_on_gpu() {  # check name, output folder, tolerance, infer.py options...
     shift 3
     if "$PY" "${INFER[@]}" --save_dir "$WORK/$folder" --use_gpu True "$@" >"$log" 2>&1; then
         applied=$(grep -m 1 '^predictor: ' "$log")
-        if compare_scores "$WORK/$folder/scores.csv" "$WORK/infer_cpu/scores.csv" "$tolerance" \
+        if compare_scores "$WORK/$folder/predictions.csv" "$WORK/infer_cpu/predictions.csv" "$tolerance" \
             >>"$log" 2>&1; then
             record "$name" pass "${applied#predictor: }; $(tail -n 1 "$log")"
         else

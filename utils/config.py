@@ -191,12 +191,15 @@ def check_consistency(config: dict) -> None:
                         f"got {config['mvtec_img_size']}")
 
 
-def add_config_args(parser: argparse.ArgumentParser, default_config_path="configs/config.yaml"):
+def add_config_args(parser: argparse.ArgumentParser, default_config_path="configs/config.yaml",
+                    data_args: bool = True, config_help: Optional[str] = None):
+    """--config, -o and, for scripts that read a data set, --dataset_root and --normal_class."""
     parser.add_argument("--config", default=None,
-                        help=f"YAML config file (default: {default_config_path}, or the config "
-                             "saved beside --model_path)")
-    parser.add_argument("--dataset_root", default=None, help="folder holding the categories")
-    parser.add_argument("--normal_class", default=None, help="category (class) to use")
+                        help=config_help or f"YAML config file (default: {default_config_path}, "
+                                            "or the config saved beside --model_path)")
+    if data_args:
+        parser.add_argument("--dataset_root", default=None, help="folder holding the categories")
+        parser.add_argument("--normal_class", default=None, help="category (class) to use")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                         help="set any config key, e.g. -o num_epochs=2 (repeatable)")
     parser.set_defaults(default_config_path=default_config_path)
@@ -207,9 +210,9 @@ def config_from_args(args, base: Optional[dict] = None) -> dict:
     saved `base`), then --dataset_root / --normal_class, then every -o override."""
     files = [args.config] if args.config else ([] if base else [args.default_config_path])
     overrides = list(args.override)
-    if args.dataset_root is not None:
+    if getattr(args, "dataset_root", None) is not None:
         overrides.insert(0, f"dataset_root={args.dataset_root}")
-    if args.normal_class is not None:
+    if getattr(args, "normal_class", None) is not None:
         # read as YAML like any override: 'bottle' stays a string, '3' (an MNIST digit) an int
         overrides.insert(0, f"normal_class={args.normal_class}")
     return build_config(base, files, overrides)
