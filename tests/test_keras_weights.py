@@ -14,7 +14,7 @@ from script_helpers import run_main
 from utils.checkpoint import read_state_dict
 from utils.convert_weights import main as convert_main
 from utils.errors import UserError
-from vgg import Expert, build_expert, load_expert_weights
+from vgg import Expert, build_expert, expert_fingerprint, load_expert_weights
 
 h5py = pytest.importorskip("h5py", reason="h5py is not installed (requirements-extras.txt)")
 
@@ -179,7 +179,7 @@ def test_the_folded_first_convolution_computes_the_caffe_networks_activations(tm
 
 
 def test_convert_weights_turns_the_keras_file_into_pdparams(expert_file, tmp_path, capsys):
-    """Convert once, and h5py is no longer needed to load the expert."""
+    """Convert once, and h5py is no longer needed to load the same expert."""
     state = random_biases(read_state_dict(expert_file))
     source = write_keras_h5(str(tmp_path / "vgg16.h5"), state)
     target = str(tmp_path / "vgg16_keras.pdparams")
@@ -187,6 +187,10 @@ def test_convert_weights_turns_the_keras_file_into_pdparams(expert_file, tmp_pat
     assert code == 0, err
     assert out.strip() == f"wrote {target} (26 arrays)"
     assert_converted_equals(target, state)
+    experts = [Expert(), Expert()]
+    for expert, path in zip(experts, (source, target)):
+        load_expert_weights(expert, path)
+    assert expert_fingerprint(experts[0]) == expert_fingerprint(experts[1])  # interchangeable
 
 
 def test_keras_keyword_downloads_once_into_paddles_cache(demo_root, expert_file, tmp_path,
