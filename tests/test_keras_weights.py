@@ -10,13 +10,17 @@ import pytest
 
 import vgg
 from conftest import ROOT, make_config
-from script_helpers import run_main
+from script_helpers import error_line, run_main
 from utils.checkpoint import read_state_dict
 from utils.convert_weights import main as convert_main
 from utils.errors import UserError
 from vgg import Expert, build_expert, expert_fingerprint, load_expert_weights
 
-h5py = pytest.importorskip("h5py", reason="h5py is not installed (requirements-extras.txt)")
+try:
+    import h5py
+except ImportError:  # an optional package (requirements-extras.txt)
+    h5py = None
+needs_h5py = pytest.mark.skipif(h5py is None, reason="h5py is not installed")
 
 REAL_EXPERT = os.path.join(ROOT, "..", "shared", "weights", "vgg16_imagenet_keras.pdparams")
 CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -128,6 +132,7 @@ def assert_converted_equals(path: str, state: dict) -> None:
     dict(style="tf.keras", top=True),
     dict(style="keras3", model_file=True, chunked=True, auto_names=True),
 ], ids=["keras1-notop", "tf.keras-with-top", "keras3-model-file-chunked-auto-names"])
+@needs_h5py
 def test_keras_h5_converts_back_to_the_expert_it_was_written_from(expert_state, tmp_path,
                                                                   layout):
     path = write_keras_h5(str(tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
@@ -135,6 +140,7 @@ def test_keras_h5_converts_back_to_the_expert_it_was_written_from(expert_state, 
     assert_converted_equals(path, expert_state)
 
 
+@needs_h5py
 def test_the_folded_first_convolution_computes_the_caffe_networks_activations(tmp_path):
     """Inside the image, the converted expert's activations are the Caffe network's (BGR,
     0..255 minus the mean pixel, Keras' own kernels) divided by 57.63: the first convolution in
@@ -178,6 +184,7 @@ def test_the_folded_first_convolution_computes_the_caffe_networks_activations(tm
                                atol=1e-4 * np.abs(unfolded).max())
 
 
+@needs_h5py
 def test_convert_weights_turns_the_keras_file_into_pdparams(expert_file, tmp_path, capsys):
     """Convert once, and h5py is no longer needed to load the same expert."""
     state = random_biases(read_state_dict(expert_file))
@@ -193,6 +200,7 @@ def test_convert_weights_turns_the_keras_file_into_pdparams(expert_file, tmp_pat
     assert expert_fingerprint(experts[0]) == expert_fingerprint(experts[1])  # interchangeable
 
 
+@needs_h5py
 def test_keras_keyword_downloads_once_into_paddles_cache(demo_root, expert_file, tmp_path,
                                                          monkeypatch):
     state = random_biases(read_state_dict(expert_file))
@@ -210,6 +218,7 @@ def test_keras_keyword_downloads_once_into_paddles_cache(demo_root, expert_file,
     assert_converted_equals(downloaded, state)
 
 
+@needs_h5py
 def test_keras_keyword_without_network_says_where_to_put_the_file(demo_root, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network is unreachable")
@@ -225,7 +234,7 @@ def test_keras_keyword_without_network_says_where_to_put_the_file(demo_root, mon
     assert "vgg_weights=" in message
 
 
-def test_without_h5py_one_line_says_what_to_install(demo_root, tmp_path, monkeypatch):
+def test_without_h5py_one_line_says_what_to_install(demo_root, tmp_path, monkeypatch, capsys):
     path = str(tmp_path / "vgg16.h5")
     with open(path, "wb") as stream:
         stream.write(b"not read without h5py")
@@ -237,6 +246,10 @@ def test_without_h5py_one_line_says_what_to_install(demo_root, tmp_path, monkeyp
             build_expert(make_config(demo_root, vgg_weights=source, pretrain=True))
         message = str(error.value)
         assert "pip install h5py" in message and named in message and "\n" not in message
+    code, _, err = run_main(convert_main, [path, str(tmp_path / "vgg16.pdparams")], capsys)
+    assert error_line(code, err) == f"error: reading the Keras file {path} needs h5py: pip " \
+                                    "install h5py, or use a .pdparams file"
+    assert not os.path.exists(tmp_path / "vgg16.pdparams")
 
 
 def layer_with(path: str, layer: str, **arrays) -> str:
@@ -259,6 +272,7 @@ def layer_with(path: str, layer: str, **arrays) -> str:
     ("a missing array", ["cannot read Keras weights file", "block4_conv1_b_1:0"]),
     ("vgg19", ["holds 14 convolutions, VGG16 has 13"]),
 ])
+@needs_h5py
 def test_a_file_that_is_not_keras_vgg16_is_named(expert_file, tmp_path, damage, culprits):
     path = write_keras_h5(str(tmp_path / "weights.h5"), read_state_dict(expert_file))
     if damage == "not hdf5":
