@@ -45,7 +45,7 @@ def caffe_arrays(state: dict) -> list:
         if position == 0:
             weight = weight * SCALE
             # torchvision channel c = caffe[2 - c] / (255 std_c) + (mean_caffe[2 - c] / 255 -
-            # mean_c) / std_c, so the Caffe kernel reads channel k = 2 - c with weight w_c / (255 std_c)
+            # mean_c) / std_c: the Caffe kernel reads channel k = 2 - c with w_c / (255 std_c)
             constant = (CAFFE_MEAN_BGR[::-1] / 255 - RGB_MEAN) / RGB_STD
             bias = bias + (weight * constant[None, :, None, None]).sum(axis=(1, 2, 3))
             weight = (weight / (255 * RGB_STD)[None, :, None, None])[:, ::-1]
@@ -68,7 +68,8 @@ def auto_named_layers() -> list:
 
 
 def write_keras_h5(path: str, state: dict, style: str = "keras1", top: bool = False,
-                   model_file: bool = False, chunked: bool = False, auto_names: bool = False) -> str:
+                   model_file: bool = False, chunked: bool = False,
+                   auto_names: bool = False) -> str:
     """An .h5 in Keras' legacy weights layout: the root lists the layers in `layer_names`, each
     layer's group lists its arrays (kernel, then bias) in `weight_names`."""
     layers = auto_named_layers() if auto_names else list(KERAS_LAYERS)

@@ -9,6 +9,7 @@ The tests skip, naming what is missing, without the real expert (../shared/weigh
 ../shared/data.
 """
 import gzip
+import importlib.util
 import os
 import struct
 
@@ -41,20 +42,14 @@ TILE_EPOCHS = 4
 TILE_FLOOR = 0.60
 
 
+@pytest.fixture(scope="module")
 def real_expert() -> str:
     """The real ImageNet VGG16 expert's file, or a skip saying where it is looked for."""
     for path in EXPERTS:
-        if os.path.isfile(path) and (path.endswith(".pdparams") or _has_h5py()):
+        if os.path.isfile(path) and (path.endswith(".pdparams") or
+                                     importlib.util.find_spec("h5py") is not None):
             return path
     pytest.skip("no real ImageNet expert: " + " or ".join(EXPERTS) + " is needed")
-
-
-def _has_h5py() -> bool:
-    try:
-        import h5py  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -92,9 +87,10 @@ def fashion_subset(tmp_path_factory) -> str:
     return root
 
 
-def trained_auroc(tmp_path, **values) -> float:
-    """Train with `values` (seed 0, the final model) and return test.py's image ROC-AUC."""
-    config = build_config(base=dict(pretrain=True, vgg_weights=real_expert(), batch_size=64,
+def trained_auroc(expert: str, tmp_path, **values) -> float:
+    """Train against `expert` with `values` (seed 0) and return test.py's image ROC-AUC of the
+    final model."""
+    config = build_config(base=dict(pretrain=True, vgg_weights=expert, batch_size=64,
                                     seed=0, localization_test=False,
                                     save_dir=str(tmp_path / "models"),
                                     log_dir=str(tmp_path / "logs"), **values),
@@ -106,20 +102,21 @@ def trained_auroc(tmp_path, **values) -> float:
 
 
 @pytest.mark.slow
-def test_a_fashion_mnist_class_reaches_its_floor(fashion_subset, tmp_path):
-    auroc = trained_auroc(tmp_path, dataset_name="fashionmnist", dataset_root=fashion_subset,
-                          normal_class=FASHION_CLASS, lamda=0.01, num_epochs=FASHION_EPOCHS,
-                          eval_interval=FASHION_EPOCHS)
+def test_a_fashion_mnist_class_reaches_its_floor(real_expert, fashion_subset, tmp_path):
+    auroc = trained_auroc(real_expert, tmp_path, dataset_name="fashionmnist",
+                          dataset_root=fashion_subset, normal_class=FASHION_CLASS, lamda=0.01,
+                          num_epochs=FASHION_EPOCHS, eval_interval=FASHION_EPOCHS)
     print(f"Fashion-MNIST class {FASHION_CLASS}: image ROC-AUC {auroc:.4f}")
     assert auroc >= FASHION_FLOOR, f"image ROC-AUC {auroc:.4f} < {FASHION_FLOOR}"
 
 
 @pytest.mark.slow
-def test_magnetic_tile_reaches_its_floor(tmp_path):
+def test_magnetic_tile_reaches_its_floor(real_expert, tmp_path):
     if not os.path.isdir(MAGNETIC_TILE):
         pytest.skip(f"{MAGNETIC_TILE} is absent")
-    auroc = trained_auroc(tmp_path, dataset_name="folder", dataset_root=os.path.dirname(
-        MAGNETIC_TILE), normal_class="magnetic_tile", mvtec_img_size=128, lamda=0.5,
+    auroc = trained_auroc(real_expert, tmp_path, dataset_name="folder",
+                          dataset_root=os.path.dirname(MAGNETIC_TILE),
+                          normal_class="magnetic_tile", mvtec_img_size=128, lamda=0.5,
                           num_epochs=TILE_EPOCHS, eval_interval=TILE_EPOCHS)
     print(f"magnetic_tile: image ROC-AUC {auroc:.4f}")
     assert auroc >= TILE_FLOOR, f"image ROC-AUC {auroc:.4f} < {TILE_FLOOR}"

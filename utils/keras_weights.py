@@ -13,7 +13,8 @@ The file is Keras' legacy HDF5 weights format (keras/src/legacy/saving/legacy_h5
 ... when long), each layer's group lists its arrays in `weight_names` (kernel, then bias), and
 kernels are [kh, kw, in, out]. Keras 1 named the arrays `block1_conv1_W_1:0`, tf.keras
 `block1_conv1/kernel:0` (a nested group), Keras 3 `block1_conv1/kernel`; as in Keras' own
-loading, names only locate the arrays and the order decides. A whole saved model keeps its weights under `model_weights`.
+loading, names only locate the arrays and the order decides. A whole saved model keeps its
+weights under `model_weights`.
 """
 from typing import List, Tuple
 
