@@ -22,8 +22,9 @@ NUM_CLASSES = 10
 MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 CIFAR10_FILE = "cifar-10-python.tar.gz"
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+IMAGENET_RGB_MEAN, IMAGENET_RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's
+IMAGENET_MEAN = np.array(IMAGENET_RGB_MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(IMAGENET_RGB_STD, dtype=np.float32)
 INPUT_SIZES = {"mnist": 32, "fashionmnist": 32, "cifar10": 224}
 CIFAR10_RESIZE = 256
 

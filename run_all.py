@@ -217,9 +217,10 @@ def main(argv=None) -> None:
     if not categories:
         raise UserError(f"no categories to run in {base['dataset_root']}")
     jobs = make_jobs(args.config, args.override, categories, args.results_dir, args.dataset_root)
-    if len(slots) > 1 and base["pretrain"] and base["vgg_weights"] == "imagenet":
-        from vgg import imagenet_weights_path  # download once here, not in every child at once
-        imagenet_weights_path()
+    if len(slots) > 1 and base["pretrain"]:
+        from vgg import DOWNLOADS  # download once here, not in every child at once
+        if base["vgg_weights"] in DOWNLOADS:
+            DOWNLOADS[base["vgg_weights"]]()
     setup = {"config": args.config, "overrides": args.override,
              "model": "final_model (the model after the last epoch)"}
     outcomes = {}  # job number -> outcome

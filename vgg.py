@@ -23,6 +23,10 @@ STAGE_CHANNELS = (128, 256, 512, 512)
 IMAGENET_URL = "https://paddle-hapi.bj.bcebos.com/models/vgg16.pdparams"
 IMAGENET_MD5 = "89bbffc0f87d260be9b8cdc169c991c4"
 FEATURES_CACHE = os.path.join(WEIGHTS_HOME, "vgg16_features.pdparams")
+# keras.applications.VGG16(include_top=False)'s file and its md5 (Keras' `file_hash`)
+KERAS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+KERAS_MD5 = "6d6bbae143d832006294945121d1f1fc"
 EXPERT_STEM = "expert"  # a random expert, saved beside the cloner's checkpoints
 EXPERT_FILE = EXPERT_STEM + ".pdparams"  # ... or as expert.safetensors (`weights_format`)
 
@@ -110,21 +114,38 @@ def _features_only(state: dict) -> dict:
     return {f"features.{name}": value for name, value in state.items()}
 
 
+def _download(what: str, url: str, md5: str, alternative: str) -> str:
+    """The file at `url`, downloaded once into Paddle's weights cache; without network, one line
+    saying where to put it."""
+    try:
+        return get_weights_path_from_url(url, md5)
+    except Exception as error:  # no network, DNS, HTTP errors: all mean "put the file in place"
+        raise UserError(
+            f"could not download {what} from {url} ({type(error).__name__}); download that "
+            f"file and put it at {os.path.join(WEIGHTS_HOME, os.path.basename(url))}, or pass "
+            f"-o vgg_weights={alternative}") from None
+
+
 def imagenet_weights_path() -> str:
     """ImageNet VGG16 features from Paddle's model zoo, downloaded once into Paddle's cache."""
     if os.path.isfile(FEATURES_CACHE):
         return FEATURES_CACHE
-    try:
-        full_path = get_weights_path_from_url(IMAGENET_URL, IMAGENET_MD5)
-    except Exception as error:  # no network, DNS, HTTP errors: all mean "put the file in place"
-        raise UserError(
-            f"could not download the ImageNet VGG16 weights from {IMAGENET_URL} "
-            f"({type(error).__name__}); download that file and put it at "
-            f"{os.path.join(WEIGHTS_HOME, 'vgg16.pdparams')}, or pass "
-            "-o vgg_weights=/path/to/vgg16.pdparams (torchvision's vgg16-397923af.pth works "
-            "too)") from None
+    full_path = _download("the ImageNet VGG16 weights", IMAGENET_URL, IMAGENET_MD5,
+                          "/path/to/vgg16.pdparams (torchvision's vgg16-397923af.pth works too)")
     save_state_dict(_features_only(read_state_dict(full_path)), FEATURES_CACHE)
     return FEATURES_CACHE
+
+
+def keras_weights_path() -> str:
+    """Keras' ImageNet VGG16 .h5 (59 MB, convolutions only), downloaded once into Paddle's cache;
+    it is converted each time it is read (utils/keras_weights.py)."""
+    from utils.keras_weights import require_h5py  # (it imports this module)
+    require_h5py(KERAS_URL)  # before a download that could not be read
+    return _download("Keras' ImageNet VGG16 weights", KERAS_URL, KERAS_MD5,
+                     "/path/to/" + os.path.basename(KERAS_URL))
+
+
+DOWNLOADS = {"imagenet": imagenet_weights_path, "keras": keras_weights_path}
 
 
 def load_expert_weights(expert: Expert, path: str) -> None:
@@ -150,5 +171,5 @@ def build_expert(config: dict, model_dir: str = None) -> Expert:
             load_expert_weights(expert, saved)
         return expert
     source = config["vgg_weights"]
-    load_expert_weights(expert, imagenet_weights_path() if source == "imagenet" else source)
+    load_expert_weights(expert, DOWNLOADS[source]() if source in DOWNLOADS else source)
     return expert

@@ -294,8 +294,12 @@ def test_a_stop_reaches_the_training_child_which_saves_its_state(tmp_path, stop,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("weights, what", [("imagenet", "the ImageNet VGG16 weights"),
+                                            ("keras", "Keras' ImageNet VGG16 weights")])
 def test_parallel_runs_fetch_the_imagenet_weights_once_before_starting(tmp_path, capsys,
-                                                                       monkeypatch):
+                                                                       monkeypatch, weights, what):
+    if weights == "keras":
+        pytest.importorskip("h5py")  # without it the error is about h5py, before any download
     import vgg
 
     def offline(url, md5sum=None):
@@ -306,5 +310,6 @@ def test_parallel_runs_fetch_the_imagenet_weights_once_before_starting(tmp_path,
     monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: pytest.fail("a child ran"))
     root = two_categories(tmp_path)
     code, _, err = run_main(run_all.main, ["--config", write_config(tmp_path, root), "--jobs",
-                                           "2", "-o", "pretrain=true"], capsys)
-    assert "could not download the ImageNet VGG16 weights" in error_line(code, err)
+                                           "2", "-o", "pretrain=true", "-o",
+                                           f"vgg_weights={weights}"], capsys)
+    assert f"could not download {what}" in error_line(code, err)

@@ -49,6 +49,7 @@ FAST_TESTS = {
     "utils.export_info": "tests/test_export_infer.py::test_export_writes_the_metadata_infer_needs via export_model",
     "utils.files": "tests/test_resume.py::test_a_failed_text_write_keeps_the_previous_file",
     "utils.image_files": "tests/test_predict.py::test_non_image_files_are_skipped",
+    "utils.keras_weights": "tests/test_keras_weights.py::test_keras_h5_converts_back_to_the_expert_it_was_written_from via utils.checkpoint",
     "utils.logger": "tests/test_end_to_end.py::test_training_writes_checkpoints_logs_and_thresholds via train",
     "utils.onnx_export": "tests/test_onnx_export.py::test_a_graph_paddle2onnx_refuses_is_one_line_and_keeps_the_old_model via export_model",
     "utils.onnx_runtime": "tests/test_onnx_export.py::test_a_corrupt_model_onnx_is_one_line_naming_it via infer",
@@ -149,8 +150,11 @@ def modules_called(test_file: str, function: ast.FunctionDef) -> set:
 
 
 def imports_of(module: str) -> set:
-    """The modules that a project module imports."""
-    return set(imported_names(parse(module.replace(".", os.sep) + ".py")).values())
+    """The modules that a project module imports, at its top or inside its functions."""
+    tree = parse(module.replace(".", os.sep) + ".py")
+    return set(imported_names(tree).values()).union(
+        *(imported_names(node).values() for node in ast.walk(tree)
+          if isinstance(node, ast.FunctionDef)))
 
 
 def test_every_module_has_a_fast_test_that_calls_into_it():

@@ -1,4 +1,5 @@
-"""Reading and writing weight files: Paddle `.pdparams`, `.safetensors`, torchvision `.pth`.
+"""Reading and writing weight files: Paddle `.pdparams`, `.safetensors`, torchvision `.pth`, and
+Keras' VGG16 `.h5` (read only, utils/keras_weights.py).
 
 Loading is strict: a missing, unexpected or mis-shaped key is an error that names the key and the
 file, never a printed warning followed by a silently half-loaded network. `.pdparams` files are
@@ -14,6 +15,8 @@ from utils.config import WEIGHTS_FORMATS
 from utils.errors import UserError
 from utils.files import atomic_write, atomic_write_text
 from utils.safe_pickle import RefusedPickle, load_arrays_only
+
+KERAS_EXTENSIONS = (".h5", ".hdf5")  # Keras' VGG16, converted on reading
 
 
 def _refused(path: str, error: RefusedPickle) -> UserError:
@@ -52,6 +55,9 @@ def read_state_dict(path: str) -> dict:
             raise UserError(f"cannot read {path}: {error}") from None
     if path.endswith((".pth", ".pt")):
         return _read_torch(path)
+    if path.endswith(KERAS_EXTENSIONS):
+        from utils.keras_weights import read_keras_vgg16
+        return read_keras_vgg16(path)
     try:
         state = load_arrays_only(path)
     except RefusedPickle as error:

@@ -51,7 +51,7 @@ SCHEMA = {
     "mvtec_img_size": _int(128, 32, "a multiple of 32, at least 32"),
     # networks
     "pretrain": Key((bool,), True),
-    "vgg_weights": Key((str,), "imagenet", lambda v: v != "", "'imagenet' or a weights file"),
+    "vgg_weights": Key((str,), "imagenet", lambda v: v != "", "'imagenet', 'keras' or a weights file"),
     "equal_network_size": Key((bool,), False),
     "use_bias": Key((bool,), False),
     # training (the paper's MVTec AD setup)

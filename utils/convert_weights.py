@@ -2,8 +2,9 @@
 
     python -m utils.convert_weights output/demo/demo/final_model.pdparams final_model.safetensors
 
-The input may also be torchvision's `.pth` (needs PyTorch). A `.pdparams` input is unpickled
-with only NumPy's array builders allowed (utils/safe_pickle.py). The JSON that training writes
+The input may also be torchvision's `.pth` (needs PyTorch) or Keras' VGG16 `.h5` (needs h5py;
+written in the expert's layout and input convention, utils/keras_weights.py). A `.pdparams`
+input is unpickled with only NumPy's array builders allowed (utils/safe_pickle.py). The JSON that training writes
 beside a cloner (epoch, image threshold) is copied beside the output when there is one.
 """
 import argparse
@@ -44,7 +45,7 @@ def convert(source: str, target: str, force: bool = False) -> int:
 @report_user_errors
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Convert weights: .pdparams <-> .safetensors.")
-    parser.add_argument("source", help=".pdparams, .safetensors or .pth file")
+    parser.add_argument("source", help=".pdparams, .safetensors, .pth or Keras VGG16 .h5 file")
     parser.add_argument("target", help="output file, .pdparams or .safetensors")
     parser.add_argument("--force", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
