@@ -10,22 +10,23 @@ infer.py needs nothing else.
 """
 import argparse
 import os
-import tempfile
 
 import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import paddle
 
 from anomaly_map import EXPORTABLE_METHODS, AnomalyMapModel
-from engine import export_layer, find_model_file
+from engine import export_layer
 from trained_model import load_model, resolve_model
 from utils.checkpoint import load_model_info
 from utils.config import add_config_args
 from utils.errors import UserError, report_user_errors
 from utils.export_info import write_export_info
+from utils.files import scratch_folder
 from utils.image_files import check_folder_preprocessing
 from utils.visualize import RAW_MAP_METHODS
 
 MODEL_PREFIX = "model"
+GRAPH_SUFFIXES = (".json", ".pdmodel")  # Paddle 3, Paddle 2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,10 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def export_info(config: dict, method: str, model_path: str, model_file: str) -> dict:
-    """Everything infer.py needs to feed the model and read its outputs."""
+def export_info(config: dict, method: str, model_path: str, model_file: str,
+                stored: dict = None) -> dict:
+    """Everything infer.py needs to feed the model and read its outputs (`stored`: the
+    checkpoint's .json, read here when not given)."""
     size = config["mvtec_img_size"]
-    stored = load_model_info(model_path)
+    stored = load_model_info(model_path) if stored is None else stored
     threshold = stored.get("image_threshold")
     return {
         "model_name": "KDAD",
@@ -77,22 +80,22 @@ def export(args: argparse.Namespace, log=print) -> str:
                         "runs the network on many noisy or scaled copies of each image); use "
                         "--localization_method with one of " + ", ".join(EXPORTABLE_METHODS))
     paddle.set_device("cpu")
-    expert, cloner, config = load_model(config, model_path, log)
+    stored = load_model_info(model_path)
+    expert, cloner, config = load_model(config, model_path, log, info=stored)
     size = config["mvtec_img_size"]
     layer = AnomalyMapModel(expert, cloner, config["lamda"], method, config["direction_loss_only"])
     prefix = os.path.join(args.save_dir, MODEL_PREFIX)
-    os.makedirs(args.save_dir, exist_ok=True)
-    # export into a scratch folder first: a failed export leaves the previous model as it was
-    with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=args.save_dir) as scratch:
+    # the graph, its weights and inference.yml replace the previous export as one transaction
+    with scratch_folder(args.save_dir) as scratch:
         exported = export_layer(layer, os.path.join(scratch, MODEL_PREFIX), [3, size, size])
-        for suffix in (".json", ".pdmodel", ".pdiparams"):  # never leave a stale graph beside it
-            if os.path.isfile(prefix + suffix):
-                os.remove(prefix + suffix)
-        os.replace(os.path.join(scratch, MODEL_PREFIX + ".pdiparams"), prefix + ".pdiparams")
         model_file = prefix + os.path.splitext(exported)[1]
-        os.replace(exported, model_file)
-    info = export_info(config, method, model_path, find_model_file(prefix))
-    info_file = write_export_info(args.save_dir, info)
+        info = export_info(config, method, model_path, model_file, stored)
+        stale = [MODEL_PREFIX + suffix for suffix in GRAPH_SUFFIXES
+                 if not exported.endswith(suffix)]
+        info_file = write_export_info(args.save_dir, info, {
+            os.path.basename(model_file): exported,
+            MODEL_PREFIX + ".pdiparams": os.path.join(scratch, MODEL_PREFIX + ".pdiparams")},
+            remove=stale)  # never leave a graph of another export beside it
     if info["image_threshold"] is None:
         log(f"note: {model_path} has no stored image threshold; infer.py will need "
             "--score_threshold")

@@ -18,9 +18,11 @@ import numpy as np
 from dataset import load_image
 from engine import find_model_file, make_predictor, run_predictor
 from utils.benchmark import Benchmark
+from utils.config import MAX_BATCH_SIZE, MAX_THREADS
 from utils.device import gpu_available, usable_cores
 from utils.errors import UserError, report_user_errors
-from utils.export_info import export_info_path, read_export_info
+from utils.export_info import (checked_export_files, export_info_path,
+                               read_export_info)
 from utils.image_files import chunks, list_images, picture_names
 from utils.predictions import Prediction, choose_threshold, write_predictions_csv
 from utils.visualize import display_image, save_prediction_figure
@@ -64,8 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--score_threshold", type=float, default=None,
                         help="image threshold for the verdict (default: inference.yml's)")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        parser.error(f"--batch_size must be in [1, {MAX_BATCH_SIZE}], got {args.batch_size}")
+    if args.cpu_threads is not None and not 1 <= args.cpu_threads <= MAX_THREADS:
+        parser.error(f"--cpu_threads must be in [1, {MAX_THREADS}], got {args.cpu_threads}")
     if not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.cpu_threads is None:
@@ -145,12 +149,13 @@ def infer(args: argparse.Namespace, log=print) -> dict:
     check_options(args)
     model_file, params_file = resolve_model_files(args.model_file, args.params_file, log)
     info = read_export_info(model_file)
+    run_files = checked_export_files(info, model_file, params_file)
     size, method = info["img_size"], info["localization_method"]
     threshold = choose_threshold(info["image_threshold"], args.score_threshold,
                                  export_info_path(model_file))
     paths = list_images(args.input_file, exclude=args.save_dir)
     pictures = picture_names(paths, args.input_file)
-    predictor = create_predictor(args, model_file, params_file)
+    predictor = create_predictor(args, *run_files)
     benchmark = None
     if args.enable_benchmark:
         benchmark = Benchmark("KDAD", args.precision, args.batch_size, f"[N, 3, {size}, {size}]",

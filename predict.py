@@ -19,7 +19,7 @@ from dataset import load_image
 from test_functions import MapGenerator
 from trained_model import load_model, resolve_model
 from utils.checkpoint import info_path, load_model_info
-from utils.config import LOCALIZATION_METHODS, add_config_args
+from utils.config import LOCALIZATION_METHODS, MAX_BATCH_SIZE, add_config_args
 from utils.device import setup_device
 from utils.errors import report_user_errors
 from utils.image_files import (check_folder_preprocessing, chunks, list_images,
@@ -50,8 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        parser.error(f"--batch_size must be in [1, {MAX_BATCH_SIZE}], got {args.batch_size}")
     return args
 
 
@@ -61,11 +61,12 @@ def predict(args: argparse.Namespace, log=print) -> list:
     check_folder_preprocessing(config, model_path)
     if args.localization_method:
         config["localization_method"] = args.localization_method
-    threshold = choose_threshold(load_model_info(model_path).get("image_threshold"),
-                                 args.score_threshold, info_path(model_path))
+    stored = load_model_info(model_path)
+    threshold = choose_threshold(stored.get("image_threshold"), args.score_threshold,
+                                 info_path(model_path))
     paths = list_images(args.image_path, exclude=args.save_dir)
     device = setup_device(config)
-    expert, cloner, config = load_model(config, model_path, log)
+    expert, cloner, config = load_model(config, model_path, log, info=stored)
     size, method = config["mvtec_img_size"], config["localization_method"]
     batch_size = args.batch_size or eval_batch_size(config)
     generator = MapGenerator(expert, cloner, config, device, [3, size, size], batch_size)

@@ -23,7 +23,7 @@ from trained_model import add_model_args, load_model, resolve_model
 from utils import plots
 from utils.device import setup_device
 from utils.errors import report_user_errors
-from utils.files import atomic_write, atomic_write_text
+from utils.files import atomic_write, atomic_write_text, printable
 from utils.logger import get_logger
 
 def write_scores_csv(path: str, paths, labels, scores) -> None:
@@ -32,7 +32,7 @@ def write_scores_csv(path: str, paths, labels, scores) -> None:
             writer = csv.writer(stream)
             writer.writerow(["path", "label", "score"])
             for row in zip(paths, labels, scores):
-                writer.writerow([row[0], int(row[1]), f"{row[2]:.8g}"])
+                writer.writerow([printable(row[0]), int(row[1]), f"{row[2]:.8g}"])
 
     atomic_write(path, write)
 
@@ -55,7 +55,8 @@ def save_pictures(save_dir: str, result: Evaluation, dataset, metrics: dict,
                               os.path.join(save_dir, plots.ROC_FILE), title, threshold)]
     rows, reasons = zip(*plots.example_rows(result.labels, result.scores))
     rows = list(rows)
-    captions = ["/".join(result.paths[r].replace("\\", "/").split("/")[-2:]) + f" ({why})"
+    captions = ["/".join(printable(result.paths[r]).replace("\\", "/").split("/")[-2:])
+                + f" ({why})"
                 for r, why in zip(rows, reasons)]
     maps = result.maps[rows] if result.maps is not None else None
     map_range = (0.0, 1.0)  # gradient maps are scaled to [0, 1] per image

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from utils.errors import UserError
-from utils.files import atomic_write
+from utils.files import atomic_write, printable
 
 CSV_COLUMNS = ("path", "score", "threshold", "anomalous")
 
@@ -41,6 +41,7 @@ def write_predictions_csv(path: str, predictions: Sequence[Prediction]) -> None:
             writer = csv.writer(stream)
             writer.writerow(CSV_COLUMNS)
             for p in predictions:
-                writer.writerow([p.path, f"{p.score:.8g}", f"{p.threshold:.8g}", int(p.anomalous)])
+                writer.writerow([printable(p.path), f"{p.score:.8g}", f"{p.threshold:.8g}",
+                                 int(p.anomalous)])
 
     atomic_write(path, write)
