@@ -56,8 +56,9 @@ def _int(default, low, what=None, high=None):
 
 
 def _finite(default, low, strict):
+    """A number above `low` (or equal, unless `strict`); inf and nan are refused too."""
     return Key((float,), default, lambda v: math.isfinite(v) and (v > low if strict else v >= low),
-               f"a finite number {'>' if strict else '>='} {low:g}")
+               f"a number {'>' if strict else '>='} {low:g}")
 
 
 def _multiple_of_32(v):
