@@ -28,7 +28,8 @@ IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 GOOD = "good"
 MASK_SUFFIX = "_mask"
 
-# Pillow only warns between MAX_IMAGE_PIXELS and twice that, and would then decode the image.
+# Pillow only warns between MAX_IMAGE_PIXELS and twice that, and would then decode the image:
+# open_image refuses such an image itself; the warning is not printed on the way.
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
@@ -36,8 +37,14 @@ def open_image(path: str) -> Image.Image:
     """The image at `path`, fully decoded; an unreadable file is an error naming it."""
     try:
         with Image.open(path) as image:
+            if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise UserError(f"refusing to read image {path}: it claims {image.width}x"
+                                f"{image.height} pixels, more than Pillow's limit of "
+                                f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
             image.load()
             return image.copy() if image.mode != "P" else image.convert("RGBA")
+    except UserError:
+        raise
     except UnidentifiedImageError:
         raise UserError(f"cannot read image {path}: not an image Pillow can read") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
