@@ -23,6 +23,7 @@ from utils.device import gpu_available, usable_cores
 from utils.errors import UserError, report_user_errors
 from utils.export_info import (checked_export_files, export_info_path,
                                read_export_info)
+from utils.files import finish_commits
 from utils.image_files import chunks, list_images, picture_names
 from utils.predictions import Prediction, choose_threshold, write_predictions_csv
 from utils.visualize import display_image, save_prediction_figure
@@ -155,6 +156,7 @@ def infer(args: argparse.Namespace, log=print) -> dict:
                                  export_info_path(model_file))
     paths = list_images(args.input_file, exclude=args.save_dir)
     pictures = picture_names(paths, args.input_file)
+    finish_commits(args.save_dir, below=True)  # temporary files of a run that was killed
     predictor = create_predictor(args, *run_files)
     benchmark = None
     if args.enable_benchmark:

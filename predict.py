@@ -22,6 +22,7 @@ from utils.checkpoint import info_path, load_model_info
 from utils.config import LOCALIZATION_METHODS, MAX_BATCH_SIZE, add_config_args
 from utils.device import setup_device
 from utils.errors import report_user_errors
+from utils.files import finish_commits
 from utils.image_files import (check_folder_preprocessing, chunks, list_images,
                                picture_names)
 from utils.predictions import Prediction, choose_threshold, write_predictions_csv
@@ -71,6 +72,7 @@ def predict(args: argparse.Namespace, log=print) -> list:
     batch_size = args.batch_size or eval_batch_size(config)
     generator = MapGenerator(expert, cloner, config, device, [3, size, size], batch_size)
     pictures = dict(zip(paths, picture_names(paths, args.image_path)))
+    finish_commits(args.save_dir, below=True)  # temporary files of a run that was killed
     predictions = []
     for batch in chunks(paths, batch_size):
         scores, maps = generator(np.stack([load_image(path, size) for path in batch]))

@@ -23,7 +23,7 @@ from trained_model import add_model_args, load_model, resolve_model
 from utils import plots
 from utils.device import setup_device
 from utils.errors import report_user_errors
-from utils.files import atomic_write, atomic_write_text, printable
+from utils.files import atomic_write, atomic_write_text, finish_commits, printable
 from utils.logger import get_logger
 
 def write_scores_csv(path: str, paths, labels, scores) -> None:
@@ -127,6 +127,7 @@ def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: boo
         summary["note"] = ("localization metrics skipped: no ground-truth masks"
                            if config["localization_test"] else "localization_test is false")
     if save_dir:
+        finish_commits(save_dir)  # temporary files of a run that was killed
         os.makedirs(save_dir, exist_ok=True)
         write_scores_csv(os.path.join(save_dir, "scores.csv"), result.paths, result.labels,
                          result.scores)

@@ -529,3 +529,40 @@ def test_killed_at_steps_of_the_final_save_the_run_resumes_to_the_same_models(
         assert resumed.returncode == 0, resumed.stderr
         assert_same_run(model_dir(out), short_reference)
         assert leftovers(model_dir(out)) == []
+
+
+def test_a_new_run_in_a_used_folder_keeps_the_earlier_models_usable_until_it_replaces_them(
+        tmp_path, data_root, capsys, monkeypatch):
+    """A new run with another random expert, stopped after its first epoch: the earlier run's
+    final model still tests with its own expert (set aside under its fingerprint); once the new
+    run has finished, only its expert is left."""
+    config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path), num_epochs=0)
+    folder = model_dir(tmp_path)
+    code, _, err = run_main(train_script.main, ["--config", config], capsys)
+    assert code == 0, err
+    earlier = checkpoint.load_model_info(os.path.join(folder, "final_model.pdparams"))
+    run_epoch = train_script.Trainer.run_epoch
+
+    def stopped_in_epoch_1(trainer, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(trainer, epoch)
+
+    monkeypatch.setattr(train_script.Trainer, "run_epoch", stopped_in_epoch_1)
+    code, out, err = run_main(train_script.main, ["--config", config, "-o", "seed=99", "-o",
+                                                  "num_epochs=2"], capsys)
+    assert code == 130 and "holds epoch 0" in out, err
+    kept = f"expert-{earlier['expert_fingerprint']}.pdparams"
+    assert kept in os.listdir(folder)
+    code, out, err = run_main(test_script.main, ["--config", config, "--save_dir",
+                                                 str(tmp_path / "earlier")], capsys)
+    assert code == 0, err  # the earlier final_model, with its own expert
+    monkeypatch.undo()
+    code, _, err = run_main(train_script.main, ["--config", config, "--resume", "-o", "seed=99",
+                                                "-o", "num_epochs=2"], capsys)
+    assert code == 0, err
+    assert kept not in os.listdir(folder)
+    info = checkpoint.load_model_info(os.path.join(folder, "final_model.pdparams"))
+    assert info["expert_fingerprint"] != earlier["expert_fingerprint"] and info["epoch"] == 2
+    code, _, err = run_main(test_script.main, ["--config", config], capsys)
+    assert code == 0, err

@@ -194,9 +194,10 @@ def _creator_alive(name: str) -> bool:
     return True
 
 
-def finish_commits(folder: str) -> None:
+def finish_commits(folder: str, below: bool = False) -> None:
     """Complete the saves into `folder` that a crash cut short after their commit, and remove the
-    temporary files of crashed processes (those before it)."""
+    temporary files of crashed processes (those before it), in its sub-folders too if `below`
+    (where the pictures of predict.py go)."""
     if not os.path.isdir(folder):
         return
     for name in sorted(os.listdir(folder)):
@@ -210,6 +211,9 @@ def finish_commits(folder: str) -> None:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 os.remove(path)
+        elif below and os.path.isdir(path) and not os.path.islink(path) \
+                and not name.startswith("."):
+            finish_commits(path, below=True)
 
 
 def current_path(path: str) -> str:
