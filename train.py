@@ -235,16 +235,14 @@ class Trainer:
     def experts_needed(self) -> list:
         """The fingerprints of the experts that the checkpoints in the model folder recorded
         (unreadable ones need none)."""
+        last = os.path.join(self.model_dir, LAST_STATE)
+        readers = [lambda stem=stem: load_model_info(find_weights(self.model_dir, stem))
+                   for stem in (FINAL_MODEL, BEST_MODEL)]
+        readers.append(lambda: load_training_state(last) if os.path.isfile(last) else {})
         found = []
-        for stem in (FINAL_MODEL, BEST_MODEL, LAST_STATE):
-            path = os.path.join(self.model_dir, stem)
+        for read in readers:
             try:
-                if stem == LAST_STATE:
-                    found.append(load_training_state(path).get("expert_fingerprint")
-                                 if os.path.isfile(path) else None)
-                else:
-                    found.append(load_model_info(find_weights(self.model_dir, stem)).get(
-                        "expert_fingerprint"))
+                found.append(read().get("expert_fingerprint"))
             except UserError:
                 pass
         return [fingerprint for fingerprint in found if fingerprint]

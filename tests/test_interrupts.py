@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT
 from fault_injection import leftovers, run_until_killed, steps_of
-from script_helpers import data_root, model_dir, run_script, write_config  # noqa: F401
+from script_helpers import data_root, model_dir, run_script, train_in, write_config  # noqa: F401
 
 pytestmark = pytest.mark.slow
 STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
@@ -26,11 +26,8 @@ STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKI
 def trained(tmp_path_factory, data_root) -> dict:
     """A model trained for epochs 0..1 by train.py."""
     out = tmp_path_factory.mktemp("trained")
-    config = write_config(str(out / "config.yaml"), data_root, str(out), num_epochs=1)
-    completed = run_script(["train.py", "--config", config])
-    assert completed.returncode == 0, completed.stderr
-    return {"config": config, "out": out,
-            "model": os.path.join(model_dir(out), "final_model.pdparams")}
+    train_in(out, data_root, num_epochs=1)
+    return {"model": os.path.join(model_dir(out), "final_model.pdparams")}
 
 
 def stopped(args: list, stop: int, ready, jitter: float = 0.3) -> subprocess.CompletedProcess:

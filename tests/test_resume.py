@@ -18,7 +18,7 @@ from conftest import ROOT
 from fault_injection import Steps, leftovers, run_until_killed, snapshot, steps_of
 from network import Cloner
 from script_helpers import (data_root, error_line, model_dir, run_main, run_script,  # noqa: F401
-                            write_config)
+                            train_in, write_config)
 from utils import checkpoint, files
 from utils.checkpoint import (find_weights, load_training_state, read_model, read_state_dict,
                               save_model, save_state_dict, save_training_state)
@@ -35,10 +35,7 @@ NUM_EPOCHS = 20  # epochs 0..20: long enough to be stopped part way
 def reference(tmp_path_factory, data_root) -> str:
     """The model folder of an uninterrupted run of train.py."""
     out = tmp_path_factory.mktemp("reference")
-    config = write_config(str(out / "config.yaml"), data_root, str(out), num_epochs=NUM_EPOCHS,
-                          eval_interval=3)
-    completed = run_script(["train.py", "--config", config])
-    assert completed.returncode == 0, completed.stderr
+    train_in(out, data_root, num_epochs=NUM_EPOCHS, eval_interval=3)
     return model_dir(out)
 
 
@@ -413,9 +410,7 @@ def test_a_reused_folder_never_scores_with_another_expert(tmp_path, data_root, c
 def short_reference(tmp_path_factory, data_root) -> str:
     """The model folder of an uninterrupted run of epochs 0..2."""
     out = tmp_path_factory.mktemp("short_reference")
-    config = write_config(str(out / "config.yaml"), data_root, str(out), num_epochs=2)
-    completed = run_script(["train.py", "--config", config])
-    assert completed.returncode == 0, completed.stderr
+    train_in(out, data_root, num_epochs=2)
     return model_dir(out)
 
 

@@ -5,8 +5,8 @@ file, never a printed warning followed by a silently half-loaded network. `.pdpa
 pickles: they are read with only NumPy's array builders allowed (utils/safe_pickle.py).
 
 A trained cloner is saved as one transaction (utils/files.py): its weights and its .json (epoch,
-threshold, expert fingerprint, config, the SHA-256 of the weights file) are committed together,
-and reading checks that the .json describes these very weights.
+threshold, expert fingerprint, config, a digest of the weights) are committed together, and
+reading checks that the .json describes these very weights.
 """
 import hashlib
 import io
