@@ -121,10 +121,14 @@ def load_state_strict(layer: paddle.nn.Layer, state: dict, source: str) -> None:
                           for name in expected})
 
 
+def _arrays(state: dict) -> dict:
+    return {name: value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
+            for name, value in state.items()}
+
+
 def weights_bytes(state: dict, path: str) -> bytes:
     """The file that `save_state_dict(state, path)` writes, as bytes (the format from `path`)."""
-    arrays = {name: value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
-              for name, value in state.items()}
+    arrays = _arrays(state)
     if path.endswith(".safetensors"):
         from safetensors.numpy import save
         return save({name: np.ascontiguousarray(value) for name, value in arrays.items()})
@@ -158,11 +162,11 @@ def save_model(model_path: str, state: dict, info: dict) -> None:
     """The weights `model_path` and their .json (`info` with the weights' digest) as one
     transaction; a same-named weights file in the other format goes in the same step, so that
     it cannot be loaded by mistake."""
-    data = weights_bytes(state, model_path)
+    arrays = _arrays(state)
+    data = weights_bytes(arrays, model_path)
     folder, name = os.path.split(model_path)
     stem, extension = os.path.splitext(name)
-    info = {**info, "weights_file": name,
-            "weights_digest": weights_digest(_parse_weights(model_path, data))}
+    info = {**info, "weights_file": name, "weights_digest": weights_digest(arrays)}
     text = json.dumps(info, indent=2) + "\n"
     others = [f"{stem}.{fmt}" for fmt in WEIGHTS_FORMATS if f".{fmt}" != extension]
     commit_files(folder, {name: bytes_writer(data),
