@@ -88,3 +88,31 @@ def test_a_second_train_py_on_the_same_folder_is_refused(tmp_path, data_root, ca
     code, _, err = run_main(train_script.main, ["--config", config, "-o", "num_epochs=0"],
                             capsys)
     assert code == 0, err
+
+
+@pytest.mark.slow
+def test_a_second_run_all_on_the_same_results_is_refused(tmp_path, data_root, capsys):
+    """Two real run_all.py: the second one names the results folder and the first process."""
+    import run_all
+    config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
+                          num_epochs=10 ** 4, eval_interval=10 ** 4, save_interval=10 ** 4)
+    results = str(tmp_path / "results")
+    first = subprocess.Popen([sys.executable, "run_all.py", "--config", config, "--results_dir",
+                              results], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "logs" / "demo_train.log"
+    try:
+        deadline = time.time() + 300
+        while not (log.exists() and "epoch [0/" in log.read_text()):
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        code, out, err = run_main(run_all.main, ["--config", config, "--results_dir", results],
+                                  capsys)
+        message = error_line(code, err)
+        assert message.startswith(f"error: {results} is in use by another run (PID {first.pid}, "
+                                  "started ")
+        assert f"run_all.py --config {config} --results_dir {results}" in message
+        assert out == "" and first.poll() is None
+    finally:
+        first.send_signal(signal.SIGTERM)  # passed on to train.py, which saves and stops
+        first.communicate(timeout=300)
