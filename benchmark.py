@@ -339,7 +339,8 @@ def deployment_runs(expert, cloner, config: dict, images: np.ndarray, work: str,
         if ort:
             onnx_layer = AnomalyMapModel(expert, cloner, config["lamda"],
                                          max_pool_rule="switches")
-            onnx_file, _ = write_model(onnx_layer, os.path.join(folder, "onnx"), size, {})
+            os.makedirs(os.path.join(folder, "onnx"))
+            onnx_file = write_model(onnx_layer, os.path.join(folder, "onnx"), size, {})[0]
             cuda = gpu and "CUDAExecutionProvider" in ort.get_available_providers()
             session = make_session(onnx_file, use_gpu=cuda, cpu_threads=threads)
             runners["onnxruntime"] = lambda batch: run_session(session, batch)

@@ -1,14 +1,16 @@
 """MNIST, Fashion-MNIST and CIFAR-10 in the one-class protocol of the paper.
 
 Training uses the images of `normal_class` from the training split; testing uses the whole test
-split, every other class being anomalous. The files are read by paddle.vision.datasets from
-`dataset_root` when they are there (the usual names below), and downloaded into Paddle's cache
-otherwise. Preprocessing is the reference code's:
+split, every other class being anomalous. The files are read from `dataset_root` when they are
+there (the usual names below), by paddle.vision.datasets (MNIST) or here (CIFAR-10's pickled
+batches, so that they cannot run code), and downloaded into Paddle's cache otherwise.
+Preprocessing is the reference code's:
 
     MNIST, Fashion-MNIST: bilinear resize to 32 x 32, [0, 1], gray repeated to 3 channels
     CIFAR-10: resize to 256 x 256 (Lanczos, PIL's ANTIALIAS), center crop 224, ImageNet mean/std
 """
 import os
+import tarfile
 from typing import Callable, List, Optional, Tuple
 
 import numpy as np
@@ -17,6 +19,7 @@ from PIL import Image
 from paddle.vision.datasets import MNIST, Cifar10, FashionMNIST
 
 from utils.errors import UserError
+from utils.safe_pickle import RefusedPickle, load_arrays_only
 
 NUM_CLASSES = 10
 MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -63,6 +66,8 @@ def _read(reader: Callable, files: Optional[List[str]], what: str, root: str):
     """Run a paddle.vision reader; a failed download or a broken file becomes one clear line."""
     try:
         return reader()
+    except UserError:
+        raise
     except Exception as error:  # readers and downloads raise many types (struct, gzip, HTTP)
         if files:
             raise UserError(f"cannot read {what} from {', '.join(files)} "
@@ -86,12 +91,34 @@ def _mnist_split(name: str, root: str, split: str) -> Tuple[List[np.ndarray], np
 def _cifar10_split(root: str, split: str) -> Tuple[List[np.ndarray], np.ndarray]:
     """The raw 32 x 32 x 3 images and labels of a CIFAR-10 split."""
     files = _local_files(root, (CIFAR10_FILE,))
-    args = dict(data_file=files[0]) if files else {}
-    data = _read(lambda: Cifar10(mode=split, download=not files, backend="cv2", **args), files,
-                 f"cifar10 ({CIFAR10_FILE})", root)
-    images = [np.asarray(sample).reshape(3, 32, 32).transpose(1, 2, 0) for sample, _ in data.data]
-    labels = np.array([int(label) for _, label in data.data], dtype=np.int64)
+    if files:  # a file from anywhere: read without letting its pickles run code
+        data = _read(lambda: _cifar10_batches(files[0], split), files,
+                     f"cifar10 ({CIFAR10_FILE})", root)
+    else:  # Paddle's download, checked against its MD5
+        data = _read(lambda: Cifar10(mode=split, download=True, backend="cv2").data, files,
+                     f"cifar10 ({CIFAR10_FILE})", root)
+    images = [np.asarray(sample).reshape(3, 32, 32).transpose(1, 2, 0) for sample, _ in data]
+    labels = np.array([int(label) for _, label in data], dtype=np.int64)
     return images, labels
+
+
+def _cifar10_batches(path: str, split: str) -> List[Tuple[np.ndarray, int]]:
+    """(flat image, label) of a split of CIFAR-10's python tarball, in the order Paddle's Cifar10
+    reads them; its batches are pickles, unpickled with only NumPy's array builders allowed."""
+    flag = "data_batch" if split == "train" else "test_batch"
+    samples = []
+    with tarfile.open(path) as archive:
+        for name in sorted(member.name for member in archive if flag in member.name):
+            try:
+                batch = load_arrays_only(archive.extractfile(name))
+            except RefusedPickle as error:
+                raise UserError(f"refusing to read {path}: its member {name} is a pickle that "
+                                f"would call {error} while loading, and CIFAR-10's batches "
+                                "need nothing but NumPy arrays") from None
+            batch = {key.decode("latin1") if isinstance(key, bytes) else key: value
+                     for key, value in batch.items()}
+            samples += list(zip(batch["data"], batch["labels"]))
+    return samples
 
 
 class OneClassDataset(paddle.io.Dataset):

@@ -9,15 +9,18 @@
 
 Preprocessing is the reference code's: RGB, PIL bilinear resize to `img_size` x `img_size`,
 scaled to [0, 1], no mean/std normalisation; masks are resized the same way (soft edges kept).
+An alpha channel is dropped (as the reference's convert('RGB') does), 16-bit images are scaled to
+8 bits, and an image that claims more pixels than Pillow's MAX_IMAGE_PIXELS (a decompression
+bomb) is refused before it is decoded.
 """
 import os
+import warnings
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
 from PIL import Image, UnidentifiedImageError
-from paddle.vision.datasets import DatasetFolder
 
 from utils.errors import UserError
 
@@ -25,15 +28,27 @@ IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 GOOD = "good"
 MASK_SUFFIX = "_mask"
 
+# Pillow only warns between MAX_IMAGE_PIXELS and twice that, and would then decode the image:
+# open_image refuses such an image itself; the warning is not printed on the way.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
 
 def open_image(path: str) -> Image.Image:
     """The image at `path`, fully decoded; an unreadable file is an error naming it."""
     try:
         with Image.open(path) as image:
+            if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise UserError(f"refusing to read image {path}: it claims {image.width}x"
+                                f"{image.height} pixels, more than Pillow's limit of "
+                                f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)")
             image.load()
             return image.copy() if image.mode != "P" else image.convert("RGBA")
+    except UserError:
+        raise
     except UnidentifiedImageError:
         raise UserError(f"cannot read image {path}: not an image Pillow can read") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise UserError(f"refusing to read image {path}: {error}") from None
     except Exception as error:  # Pillow's decoders raise many unrelated types for a broken file
         raise UserError(f"cannot read image {path}: {error or type(error).__name__}") from None
 
@@ -68,10 +83,29 @@ def load_image(path: str, img_size: int) -> np.ndarray:
     return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)
 
 
-def load_mask(path: str, img_size: int) -> np.ndarray:
-    """[img_size, img_size] float32 in [0, 1] (any size of mask is resized like the image)."""
-    mask = read_image(path, "L").resize((img_size, img_size), Image.BILINEAR)
+def load_mask(path: str, img_size: int, image_path: Optional[str] = None) -> np.ndarray:
+    """[img_size, img_size] float32 in [0, 1]. A mask of another size than its image
+    (`image_path`) is resized like the image when its aspect ratio is the image's; another
+    aspect ratio is an error naming both (the mask cannot be this image's)."""
+    mask = read_image(path, "L")
+    if image_path is not None:
+        _check_same_shape(path, mask.size, image_path)
+    mask = mask.resize((img_size, img_size), Image.BILINEAR)
     return np.asarray(mask, dtype=np.float32) / 255.0
+
+
+def _check_same_shape(mask_path: str, mask_size: Tuple[int, int], image_path: str) -> None:
+    try:
+        with Image.open(image_path) as image:  # reads the header only
+            width, height = image.size
+    except Exception:  # the image's own read reports it
+        return
+    mask_width, mask_height = mask_size
+    # a mask scaled by any factor and rounded differs from the image's shape by under a pixel
+    if abs(mask_width * height - mask_height * width) > max(width, height):
+        raise UserError(f"mask {mask_path} is {mask_width}x{mask_height} pixels but its image "
+                        f"{image_path} is {width}x{height}: another aspect ratio, so it cannot "
+                        "be that image's mask")
 
 
 @dataclass(frozen=True)
@@ -94,14 +128,58 @@ def category_dir(root: str, category: str) -> str:
     return folder
 
 
-def _image_folders(split_dir: str) -> DatasetFolder:
-    """Paddle's folder scan: classes are the sorted sub-folders, files sorted, non-images skipped."""
+def walk_folders(top: str, seen: Optional[Dict[tuple, str]] = None) -> List[Tuple[str, list]]:
+    """(folder, sorted file names) for `top` and every folder under it, symbolic links followed,
+    in path order. A folder reached twice (a link that loops back, or two links to one folder)
+    is an error naming both paths; so is a folder that cannot be listed."""
+    seen = {} if seen is None else seen
+    found = []
+
+    def unreadable(error: OSError):
+        raise UserError(f"cannot read folder {error.filename}: {error.strerror}")
+
+    for folder, subfolders, names in os.walk(top, followlinks=True, onerror=unreadable):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        identity = (os.stat(folder).st_dev, os.stat(folder).st_ino)
+        if identity in seen:
+            raise UserError(f"{folder} is {seen[identity]} again: a symbolic link loops back or "
+                            "links one folder twice (remove the link)")
+        seen[identity] = folder
+        found.append((folder, sorted(names)))
+    return sorted(found)
+
+
+@dataclass
+class FolderScan:
+    """A split's class folders (sorted, hidden ones left out) and their image files in order."""
+    classes: List[str]
+    samples: List[Tuple[str, int]]  # (path, index into classes)
+
+
+def _image_folders(split_dir: str) -> FolderScan:
+    """Paddle's DatasetFolder order (classes are the sorted sub-folders, files sorted by path,
+    non-images skipped), with symbolic link loops refused."""
     if not os.path.isdir(split_dir):
         raise UserError(f"folder not found: {split_dir}")
-    try:
-        return DatasetFolder(split_dir, extensions=IMG_EXTENSIONS)
-    except RuntimeError:
-        raise UserError(f"no images in the sub-folders of {split_dir}") from None
+    classes = sorted(entry.name for entry in os.scandir(split_dir)
+                     if entry.is_dir() and not entry.name.startswith("."))
+    samples, seen = [], {}
+    for index, name in enumerate(classes):
+        for folder, names in walk_folders(os.path.join(split_dir, name), seen):
+            samples += [(os.path.join(folder, file), index) for file in names
+                        if file.lower().endswith(IMG_EXTENSIONS)]
+    if not samples:
+        raise UserError(f"no images in the sub-folders of {split_dir}")
+    return FolderScan(classes, samples)
+
+
+def _check_no_empty_class(scan: FolderScan, split_dir: str) -> None:
+    """Every class folder of a test split holds images (an empty one is a broken copy)."""
+    counts = np.bincount([target for _, target in scan.samples], minlength=len(scan.classes))
+    for name, count in zip(scan.classes, counts):
+        if count == 0:
+            raise UserError(f"no images in {os.path.join(split_dir, name)}: put its images "
+                            "back, or remove the empty folder")
 
 
 def _find_mask(ground_truth: str, defect: str, image_path: str) -> Optional[str]:
@@ -140,6 +218,8 @@ def scan_split(root: str, category: str, split: str, masks: str = "required") ->
         samples.append(Sample(path, int(defect != GOOD), defect, mask_path))
     if split == "test" and masks == "required":
         _check_orphan_masks(ground_truth, samples, os.path.join(folder, "test"))
+    if split == "test":  # (after the masks: a mask names the image that is missing)
+        _check_no_empty_class(scan, os.path.join(folder, split))
     return samples
 
 
@@ -166,6 +246,8 @@ def scan_class_folders(root: str, split: str, normal_class: str) -> List[Sample]
     if not os.path.isdir(root):
         raise UserError(f"dataset root not found: {root}")
     scan = _image_folders(os.path.join(root, split))
+    if split == "test":
+        _check_no_empty_class(scan, os.path.join(root, split))
     if normal_class not in scan.classes:
         raise UserError(f"normal_class '{normal_class}' has no folder in "
                         f"{os.path.join(root, split)}; it holds: " + ", ".join(scan.classes))
@@ -213,7 +295,7 @@ class MVTecDataset(paddle.io.Dataset):
         sample = self.samples[index]
         image = load_image(sample.path, self.img_size)
         if sample.mask_path:
-            mask = load_mask(sample.mask_path, self.img_size)
+            mask = load_mask(sample.mask_path, self.img_size, sample.path)
         else:
             mask = np.zeros((self.img_size, self.img_size), dtype=np.float32)
         return image, np.int64(sample.label), mask, np.int64(index)

@@ -12,6 +12,7 @@ PaddleX does: its TensorRT-able subgraphs become `pd_op.tensorrt_engine` operato
 counted and reported.
 """
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -67,7 +68,19 @@ def export_layer(layer: nn.Layer, path_prefix: str, image_shape: Sequence[int]) 
     static = paddle.jit.to_static(_Entry(layer), input_spec=[spec], full_graph=True)
     with native_output_silenced():
         paddle.jit.save(static, path_prefix)
+    _check_weights_written(layer, path_prefix + ".pdiparams")
     return find_model_file(path_prefix)
+
+
+def _check_weights_written(layer: nn.Layer, params_file: str) -> None:
+    """Paddle's C++ writer ignores a full disk and leaves a cut weights file: an OSError naming
+    it when the file is shorter than the weights it must hold."""
+    unique = {value.name: value for value in layer.state_dict().values()}  # shared layers once
+    needed = sum(int(np.prod(value.shape)) * value.element_size() for value in unique.values())
+    written = os.path.getsize(params_file) if os.path.isfile(params_file) else 0
+    if written < needed:
+        raise OSError(errno.ENOSPC, f"Paddle wrote {written} of the {needed} bytes of the weights "
+                      "(is the disk full?)", params_file)
 
 
 def find_model_file(path_prefix: str) -> str:

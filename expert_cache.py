@@ -17,6 +17,8 @@ import paddle
 
 from dataloader import build_loader
 from utils.device_copy import batch_copier
+from utils.errors import UserError
+from utils.files import TMP_PREFIX
 
 
 class ExpertCache:
@@ -63,10 +65,22 @@ class ExpertCache:
     def _allocate(self, name: str, shape: tuple, dtype, folder: str):
         if self.storage != "disk":
             return np.empty(shape, dtype=dtype)
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="kdad-cache-", dir=folder)
-        return np.lib.format.open_memmap(os.path.join(self._tmp.name, name + ".npy"), mode="w+",
-                                         dtype=dtype, shape=shape)
+        path = None
+        try:
+            if self._tmp is None:  # named for utils.files.finish_commits to remove after a crash
+                self._tmp = tempfile.TemporaryDirectory(
+                    prefix=f"{TMP_PREFIX}{os.getpid()}-expert-cache-", dir=folder)
+            path = os.path.join(self._tmp.name, name + ".npy")
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            if hasattr(os, "posix_fallocate"):  # reserve the blocks now: writing a memory map
+                with open(path, "rb+") as stream:  # on a full disk would kill the process
+                    os.posix_fallocate(stream.fileno(), 0, os.path.getsize(path))
+            return array
+        except OSError as error:
+            raise UserError(f"cannot write the expert cache {path or folder}: "
+                            f"{error.strerror or error} (it needs "
+                            f"{np.prod(shape) * np.dtype(dtype).itemsize / 2 ** 20:.0f} MiB; "
+                            "free some space, or use expert_cache: memory)") from None
 
     def __len__(self) -> int:
         return len(self.labels)

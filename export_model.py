@@ -13,7 +13,6 @@ threshold) so that infer.py needs nothing else. A folder holds one exported mode
 """
 import argparse
 import os
-import tempfile
 
 import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
 import paddle
@@ -25,6 +24,7 @@ from utils.checkpoint import load_model_info
 from utils.config import add_config_args
 from utils.errors import UserError, report_user_errors
 from utils.export_info import write_export_info
+from utils.files import current_path, scratch_folder
 from utils.image_files import check_folder_preprocessing
 from utils.onnx_export import DEFAULT_OPSET, OPSET_RANGE, to_onnx
 from utils.optional import require
@@ -59,10 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def export_info(config: dict, method: str, model_path: str, model_file: str) -> dict:
-    """Everything infer.py needs to feed the model and read its outputs."""
+def export_info(config: dict, method: str, model_path: str, model_file: str,
+                stored: dict = None) -> dict:
+    """Everything infer.py needs to feed the model and read its outputs (`stored`: the
+    checkpoint's .json, read here when not given)."""
     size = config["mvtec_img_size"]
-    stored = load_model_info(model_path)
+    stored = load_model_info(model_path) if stored is None else stored
     threshold = stored.get("image_threshold")
     onnx = model_file.endswith(".onnx")
     return {
@@ -101,20 +103,31 @@ def export(args: argparse.Namespace, log=print) -> str:
                         "runs the network on many noisy or scaled copies of each image); use "
                         "--localization_method with one of " + ", ".join(EXPORTABLE_METHODS))
     paddle.set_device("cpu")
-    expert, cloner, config = load_model(config, model_path, log)
+    stored = load_model_info(model_path)
+    expert, cloner, config = load_model(config, model_path, log, info=stored)
     size = config["mvtec_img_size"]
     # the ONNX graph takes the max-pool backward's convertible form: the same numbers
     layer = AnomalyMapModel(expert, cloner, config["lamda"], method, config["direction_loss_only"],
                             max_pool_rule="switches" if onnx else "unpool")
-    metadata = export_info(config, method, model_path, "model.onnx") if onnx else None
-    model_file, removed = write_model(layer, args.save_dir, size, metadata, args.opset_version)
+    metadata = export_info(config, method, model_path, "model.onnx", stored) if onnx else None
+    # the model files and inference.yml replace the previous export as one transaction
+    with scratch_folder(args.save_dir) as scratch:
+        written = write_model(layer, scratch, size, metadata, args.opset_version)
+        model_file = os.path.join(args.save_dir, os.path.basename(written[0]))
+        info = export_info(config, method, model_path, model_file, stored)
+        if onnx:
+            info["opset_version"] = onnx_opset(written[0])
+        names = [os.path.basename(path) for path in written]
+        stale = [MODEL_PREFIX + suffix for suffix in MODEL_SUFFIXES
+                 if MODEL_PREFIX + suffix not in names
+                 and os.path.isfile(current_path(os.path.join(args.save_dir,
+                                                              MODEL_PREFIX + suffix)))]
+        info_file = write_export_info(args.save_dir, info, dict(zip(names, written)),
+                                      remove=stale)  # never leave another export's files
+    removed = [name for name in stale if name.endswith(".onnx") != onnx]
     if removed:
         log(f"note: removed {', '.join(removed)} of an earlier export: a folder holds one model, "
             "which its inference.yml describes")
-    info = export_info(config, method, model_path, model_file)
-    if onnx:
-        info["opset_version"] = onnx_opset(model_file)
-    info_file = write_export_info(args.save_dir, info)
     if info["image_threshold"] is None:
         log(f"note: {model_path} has no stored image threshold; infer.py will need "
             "--score_threshold")
@@ -124,30 +137,16 @@ def export(args: argparse.Namespace, log=print) -> str:
     return model_file
 
 
-def write_model(layer, save_dir: str, size: int, onnx_metadata: dict = None,
-                opset: int = DEFAULT_OPSET):
-    """(model file, other-format files removed): the Paddle graph and weights, or model.onnx
-    when `onnx_metadata` is given. Written in a scratch folder first, so that a failed export
-    leaves the previous model as it was; then no stale graph is left beside the new one."""
-    os.makedirs(save_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tmp-export-", dir=save_dir) as scratch:
-        scratch_prefix = os.path.join(scratch, MODEL_PREFIX)
-        graph = export_layer(layer, scratch_prefix, [3, size, size])
-        if onnx_metadata is None:
-            written = [graph, scratch_prefix + ".pdiparams"]
-        else:
-            to_onnx(graph, scratch_prefix + ".pdiparams", scratch_prefix + ".onnx", opset,
-                    onnx_metadata)
-            written = [scratch_prefix + ".onnx"]
-        old = [os.path.join(save_dir, MODEL_PREFIX + suffix) for suffix in MODEL_SUFFIXES]
-        old = [path for path in old if os.path.isfile(path)]
-        for path in old:
-            os.remove(path)
-        for path in written:
-            os.replace(path, os.path.join(save_dir, os.path.basename(path)))
-    model_file = os.path.join(save_dir, os.path.basename(written[0]))
-    removed = [path for path in old if path.endswith(".onnx") != model_file.endswith(".onnx")]
-    return model_file, removed
+def write_model(layer, folder: str, size: int, onnx_metadata: dict = None,
+                opset: int = DEFAULT_OPSET) -> list:
+    """Write the model into `folder` (a scratch folder): [graph, weights] for Paddle Inference,
+    or [model.onnx] when `onnx_metadata` is given."""
+    prefix = os.path.join(folder, MODEL_PREFIX)
+    graph = export_layer(layer, prefix, [3, size, size])
+    if onnx_metadata is None:
+        return [graph, prefix + ".pdiparams"]
+    to_onnx(graph, prefix + ".pdiparams", prefix + ".onnx", opset, onnx_metadata)
+    return [prefix + ".onnx"]
 
 
 def onnx_opset(model_file: str) -> int:

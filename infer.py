@@ -22,9 +22,12 @@ import numpy as np
 from dataset import load_image
 from engine import build_predictor, find_model_file, run_predictor
 from utils.benchmark import Benchmark
+from utils.config import MAX_THREADS
 from utils.device import gpu_available, usable_cores
 from utils.errors import UserError, report_user_errors
-from utils.export_info import export_info_path, read_export_info
+from utils.export_info import (checked_export_files, export_info_path,
+                               read_export_info)
+from utils.files import finish_commits
 from utils.image_files import chunks, list_images, picture_names
 from utils.onnx_runtime import is_onnx, make_session, run_session, session_applied
 from utils.predictions import (PREDICTIONS_CSV, Prediction, add_prediction_args,
@@ -67,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="time preprocess / inference / postprocess, report memory")
     args = parser.parse_args(argv)
     check_prediction_args(parser, args)
+    if args.cpu_threads is not None and not 1 <= args.cpu_threads <= MAX_THREADS:
+        parser.error(f"--cpu_threads must be in [1, {MAX_THREADS}], got {args.cpu_threads}")
     if args.cpu_threads is None:
         args.cpu_threads = usable_cores()
     return args
@@ -166,12 +171,14 @@ def infer(args: argparse.Namespace, log=print) -> dict:
     check_options(args)
     model_file, params_file = resolve_model_files(args.model_file, args.params_file, log)
     info = read_export_info(model_file)
+    run_files = checked_export_files(info, model_file, params_file)
     size, method = info["img_size"], info["localization_method"]
     threshold = choose_threshold(info["image_threshold"], args.score_threshold,
                                  export_info_path(model_file))
     paths = list_images(args.image_path, exclude=args.save_dir)
     pictures = picture_names(paths, args.image_path)
-    run_model, applied = create_runner(args, model_file, params_file, size)
+    finish_commits(args.save_dir, below=True)  # temporary files of a run that was killed
+    run_model, applied = create_runner(args, *run_files, size)
     log(f"predictor: {applied['summary']}")
     benchmark = None
     if args.enable_benchmark:

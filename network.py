@@ -51,11 +51,15 @@ def load_cloner(path: str, config: dict) -> Tuple[Cloner, dict]:
 
     Returns the cloner (in eval mode) and the config with the architecture keys set to the file's.
     """
-    state = read_state_dict(path)
-    architecture = infer_architecture(state, path)
+    return cloner_from_state(read_state_dict(path), config, path)
+
+
+def cloner_from_state(state: dict, config: dict, source: str) -> Tuple[Cloner, dict]:
+    """load_cloner for weights already read from the file `source`."""
+    architecture = infer_architecture(state, source)
     config = {**config, **architecture}
     cloner = build_cloner(config)
-    load_state_strict(cloner, state, path)  # names the first missing or mis-shaped key
+    load_state_strict(cloner, state, source)  # names the first missing or mis-shaped key
     cloner.eval()
     return cloner, config
 

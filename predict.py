@@ -22,6 +22,7 @@ from utils.checkpoint import info_path, load_model_info
 from utils.config import LOCALIZATION_METHODS, add_config_args
 from utils.device import setup_device
 from utils.errors import report_user_errors
+from utils.files import finish_commits
 from utils.image_files import (check_folder_preprocessing, chunks, list_images,
                                picture_names)
 from utils.predictions import (PREDICTIONS_CSV, Prediction, add_prediction_args,
@@ -68,13 +69,14 @@ def predict(args: argparse.Namespace, log=print) -> list:
                                  info_path(model_path))
     paths = list_images(args.image_path, exclude=args.save_dir)
     device = setup_device(config)
-    expert, cloner, config = load_model(config, model_path, log)
+    expert, cloner, config = load_model(config, model_path, log, info=info)
     size, method = config["mvtec_img_size"], config["localization_method"]
     batch_size = args.batch_size or eval_batch_size(config)
     generator = MapGenerator(expert, cloner, config, device, [3, size, size], batch_size)
     pictures = dict(zip(paths, picture_names(paths, args.image_path)))
     shown_names = {path: os.path.relpath(path, args.image_path) if os.path.isdir(args.image_path)
                    else os.path.basename(path) for path in paths}
+    finish_commits(args.save_dir, below=True)  # temporary files of a run that was killed
     predictions, rows = [], []
     for batch in chunks(paths, batch_size):
         scores, maps = generator(np.stack([load_image(path, size) for path in batch]))

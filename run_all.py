@@ -32,7 +32,8 @@ from utils.children import Children, Slot, make_slots, run_in_slots, visible_gpu
 from utils.config import MVTEC_CATEGORIES, build_config
 from utils.device import gpu_available, usable_cores
 from utils.errors import UserError, report_user_errors
-from utils.files import atomic_write_text
+from utils.files import atomic_write_text, finish_commits
+from utils.folder_lock import folder_locks
 from utils.results import results_json, results_markdown
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -250,7 +251,9 @@ def main(argv=None) -> None:
             for later, other in enumerate(jobs, 1)], setup)
 
     children = Children()
-    run_in_slots(list(enumerate(jobs, 1)), slots, run_one, on_done, children)
+    with folder_locks([args.results_dir, base["save_dir"]]):  # one run_all per output folder
+        finish_commits(args.results_dir)  # temporary files of a run that was killed
+        run_in_slots(list(enumerate(jobs, 1)), slots, run_one, on_done, children)
     table = os.path.join(args.results_dir, f"{dataset}_results.md")
     print(f"wrote {table} and {os.path.splitext(table)[0]}.json")
     failed = [str(o["category"]) for o in outcomes.values() if o["status"] == "failed"]

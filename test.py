@@ -25,7 +25,7 @@ from utils.checkpoint import load_model_info
 from utils.csv_files import write_csv
 from utils.device import setup_device
 from utils.errors import UserError, report_user_errors
-from utils.files import atomic_write, atomic_write_text
+from utils.files import atomic_write, atomic_write_text, finish_commits, printable
 from utils.logger import get_logger
 from utils.report import REPORT_FILE, ReportRow, Threshold, write_report
 from utils.thumbnails import jpeg_bytes, strip
@@ -34,7 +34,7 @@ from utils.thumbnails import jpeg_bytes, strip
 def write_scores_csv(path: str, paths, labels, scores) -> None:
     """path,label,score (label 1 = anomalous), one row per test image."""
     write_csv(path, ("path", "label", "score"),
-              ([name, int(label), f"{score:.8g}"] for name, label, score in
+              ([printable(name), int(label), f"{score:.8g}"] for name, label, score in
                zip(paths, labels, scores)))
 
 
@@ -48,8 +48,8 @@ def save_maps_npz(path: str, result) -> None:
 
 
 def short_name(path: str) -> str:
-    """The image's folder and file name, e.g. scratch/003.png."""
-    return "/".join(path.replace("\\", "/").split("/")[-2:])
+    """The image's folder and file name, e.g. scratch/003.png (printable as UTF-8)."""
+    return "/".join(printable(path).replace("\\", "/").split("/")[-2:])
 
 
 def save_pictures(save_dir: str, result: Evaluation, dataset, metrics: dict,
@@ -187,6 +187,7 @@ def run_test(config: dict, model_path: str, save_dir: str = None, save_maps: boo
         summary["note"] = ("localization metrics skipped: no ground-truth masks"
                            if config["localization_test"] else "localization_test is false")
     if save_dir:
+        finish_commits(save_dir)  # temporary files of a run that was killed
         os.makedirs(save_dir, exist_ok=True)
         written = [os.path.join(save_dir, "scores.csv")]
         write_scores_csv(written[0], result.paths, result.labels, result.scores)

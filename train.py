@@ -11,6 +11,7 @@ Several GPUs: python -m paddle.distributed.launch --gpus 0,1 train.py ...
 Several CPU processes: python -m paddle.distributed.launch --nproc_per_node 2 train.py ...
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,19 +31,22 @@ from metrics import image_auroc
 from network import build_cloner
 from test_functions import image_threshold, score_cached
 from train_step import build_grad_scaler, build_training_step
-from utils.checkpoint import (load_state_strict, load_training_state, save_model_info,
-                              save_state_dict, save_training_state, weights_path)
+from utils.checkpoint import (find_weights, load_model_info, load_state_strict,
+                              load_training_state, save_model, save_state_dict,
+                              save_training_state, weights_digest, weights_path)
 from utils.config import WEIGHTS_FORMATS, add_config_args, config_from_args, save_config
 from utils.device import setup_device, use_training_threads
 from utils.distributed import (broadcast_seed, broadcast_weights, mean_over_ranks,
                                rank_zero_value, rank_zero_work)
 from utils.errors import UserError, report_user_errors, stop_exit, stop_word
-from utils.files import atomic_write_text
+from utils.files import finish_commits
+from utils.folder_lock import folder_lock
 from utils.logger import get_logger
 from utils.optimizer_state import portable_optimizer_state, restore_optimizer_state
 from utils.seed import epoch_order_seed, resolve_seed, seed_everything
 from utils.visualdl_log import VDL_FOLDER, TrainingLog, check_visualdl
-from vgg import EXPERT_STEM, build_expert, check_expert, expert_fingerprint
+from vgg import (EXPERT_STEM, build_expert, check_expert, drop_unneeded_experts,
+                 expert_fingerprint, set_aside_expert)
 
 # weights files are <stem>.pdparams or <stem>.safetensors (`weights_format`)
 FINAL_MODEL, BEST_MODEL, LAST_STATE = "final_model", "best_model", "last.pdckpt"
@@ -125,7 +129,8 @@ class Trainer:
         started = time.time()
         train_set, test_set = build_dataset(config, "train"), build_dataset(config, "test")
         resumed = self.state is not None
-        self.expert = build_expert(config, self.model_dir if resumed else None)
+        self.expert = build_expert(config, self.model_dir if resumed else None,
+                                   self.state.get("expert_fingerprint") if resumed else None)
         if self.world > 1:  # every rank must build the same expert outputs
             broadcast_weights(self.expert)
         self.expert_fingerprint = expert_fingerprint(self.expert)
@@ -148,6 +153,8 @@ class Trainer:
             if self.main:  # only now that every image was read: bad data leaves no file behind
                 save_config(config, os.path.join(self.model_dir, "config.yaml"))
                 if not config["pretrain"] and not resumed:
+                    set_aside_expert(self.model_dir, self.expert_fingerprint,
+                                     self.experts_needed())
                     self.save_weights(self.expert, EXPERT_STEM)
         self.test_normalization = getattr(test_set, "normalization", None)  # to show images
         self.log.info(f"{len(train_set)} training and {len(test_set)} test images of "
@@ -234,13 +241,36 @@ class Trainer:
         return path
 
     def save_model(self, name: str, epoch: int, extra: dict) -> str:
-        """The cloner as <name>.<weights_format>, with its .json (threshold, epoch); its path."""
-        path = self.save_weights(self.cloner, name)
+        """The cloner as <name>.<weights_format> and its .json (threshold, epoch, expert
+        fingerprint, config), saved as one; its path."""
         threshold = image_threshold(score_cached(self.cloner, self.train_cache, self.config))
         info = {"epoch": epoch, **extra, "expert_fingerprint": self.expert_fingerprint,
-                **threshold}
-        save_model_info(path, info)
+                **threshold, "config": self.config}
+        path = weights_path(self.model_dir, name, self.config["weights_format"])
+        save_model(path, self.cloner.state_dict(), info)
         return path
+
+    def final_model_saved(self) -> bool:
+        """Whether final_model holds the cloner as it is now; a run stopped after its last
+        checkpoint but before final_model was saved has not."""
+        path = find_weights(self.model_dir, FINAL_MODEL, self.config["weights_format"])
+        recorded = load_model_info(path).get("weights_digest") if os.path.isfile(path) else None
+        return recorded == weights_digest(_numpy_tree(self.cloner.state_dict()))
+
+    def experts_needed(self) -> list:
+        """The fingerprints of the experts that the checkpoints in the model folder recorded
+        (unreadable ones need none)."""
+        last = os.path.join(self.model_dir, LAST_STATE)
+        readers = [lambda stem=stem: load_model_info(find_weights(self.model_dir, stem))
+                   for stem in (FINAL_MODEL, BEST_MODEL)]
+        readers.append(lambda: load_training_state(last) if os.path.isfile(last) else {})
+        found = []
+        for read in readers:
+            try:
+                found.append(read().get("expert_fingerprint"))
+            except UserError:
+                pass
+        return [fingerprint for fingerprint in found if fingerprint]
 
     def training_state(self, epoch: int) -> dict:
         return _numpy_tree({"cloner": self.cloner.state_dict(),
@@ -251,9 +281,9 @@ class Trainer:
                             **({"scaler": self.scaler.state_dict()} if self.scaler else {})})
 
     def save_state(self, state: dict) -> None:
-        save_training_state(os.path.join(self.model_dir, LAST_STATE), state)
-        atomic_write_text(os.path.join(self.model_dir, "history.json"),
-                          json.dumps(state["history"], indent=1) + "\n")
+        """last.pdckpt and history.json, saved as one."""
+        save_training_state(os.path.join(self.model_dir, LAST_STATE), state, beside={
+            "history.json": json.dumps(state["history"], indent=1) + "\n"})
         self.saved_epoch = state["epoch"]
 
     def kept_state(self) -> str:
@@ -314,9 +344,12 @@ class Trainer:
                 self.save_state(unsaved)
             self.log.info(f"{stop_word(stop)}: {self.kept_state()}")
             sys.exit(stop_exit(stop))
+        finished_before = last_epoch < self.start_epoch
         with rank_zero_work():
-            if self.main and last_epoch >= self.start_epoch:
+            if self.main and (not finished_before or (
+                    self.start_epoch - 1 == last_epoch and not self.final_model_saved())):
                 self.save_model(FINAL_MODEL, last_epoch, {"selection": "final epoch"})
+                drop_unneeded_experts(self.model_dir, self.experts_needed())
                 final_path = weights_path(self.model_dir, FINAL_MODEL, config["weights_format"])
                 self.log.info(f"saved {final_path}"
                               + (f"; best test ROC-AUC {self.best['image_auroc']:.4f} at epoch "
@@ -337,8 +370,12 @@ def _all_finite(layer: paddle.nn.Layer) -> bool:
 
 def train(config: dict, state: dict = None) -> dict:
     trainer = Trainer(config, state)
-    trainer.setup()
-    return trainer.fit()
+    # one run per model folder; a save that a crash cut short after its commit is finished first
+    with folder_lock(trainer.model_dir) if trainer.main else contextlib.nullcontext():
+        if trainer.main:
+            finish_commits(trainer.model_dir)
+        trainer.setup()
+        return trainer.fit()
 
 
 @report_user_errors

@@ -4,14 +4,16 @@ Both networks are VGG-shaped, so the layer builder and the four named stage outp
 """
 import hashlib
 import os
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 import paddle
 from paddle import nn
 from paddle.utils.download import WEIGHTS_HOME, get_weights_path_from_url
 
-from utils.checkpoint import find_weights, load_state_strict, read_state_dict, save_state_dict
+from utils.checkpoint import (find_weights, load_state_strict, read_state_dict, save_state_dict,
+                              weights_path)
+from utils.config import WEIGHTS_FORMATS
 from utils.errors import UserError
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
@@ -107,6 +109,30 @@ def check_expert(expert: Expert, recorded: str, trained: str) -> None:
                         "file changed); train again, or put back the expert it was trained with")
 
 
+def set_aside_expert(model_dir: str, fingerprint: str, needed: Sequence[str]) -> None:
+    """Before a new run replaces the random expert of `model_dir` by the one of `fingerprint`:
+    keep the one there as `expert-<its fingerprint>` when the checkpoints still in the folder
+    need it (their fingerprints are `needed`), so that they stay usable until replaced."""
+    for weights_format in WEIGHTS_FORMATS:
+        path = weights_path(model_dir, EXPERT_STEM, weights_format)
+        if not os.path.isfile(path):
+            continue
+        earlier = Expert()
+        load_expert_weights(earlier, path)
+        kept = expert_fingerprint(earlier)
+        if kept != fingerprint and kept in needed:
+            os.replace(path, weights_path(model_dir, f"{EXPERT_STEM}-{kept}", weights_format))
+
+
+def drop_unneeded_experts(model_dir: str, needed: Sequence[str]) -> None:
+    """Remove the experts set aside in `model_dir` that no checkpoint there needs any more."""
+    for name in os.listdir(model_dir):
+        stem, extension = os.path.splitext(name)
+        if stem.startswith(EXPERT_STEM + "-") and extension[1:] in WEIGHTS_FORMATS and \
+                stem[len(EXPERT_STEM) + 1:] not in needed:
+            os.remove(os.path.join(model_dir, name))
+
+
 def _features_only(state: dict) -> dict:
     """Keep the `features.*` entries of a full VGG16 state dict (the classifier is unused)."""
     if any(name.startswith("features.") for name in state):
@@ -153,18 +179,23 @@ def load_expert_weights(expert: Expert, path: str) -> None:
     expert.source = path
 
 
-def build_expert(config: dict, model_dir: str = None) -> Expert:
+def build_expert(config: dict, model_dir: str = None, fingerprint: str = None) -> Expert:
     """The frozen expert the config asks for.
 
     `pretrain: false` means a randomly initialised expert. Without `model_dir` a fresh one is made
     (training then saves it as `expert.pdparams` or `.safetensors` beside its checkpoints); with
     `model_dir` that very expert is loaded again, so that test, predict and export see the same
-    network.
+    network: the one whose `fingerprint` a checkpoint recorded, when a later run in the folder
+    has set it aside (`set_aside_expert`).
     """
     expert = Expert()
     if not config["pretrain"]:
         if model_dir is not None:
             saved = find_weights(model_dir, EXPERT_STEM, config["weights_format"])
+            if fingerprint:  # set aside by a later run, under its fingerprint
+                earlier = find_weights(model_dir, f"{EXPERT_STEM}-{fingerprint}",
+                                       config["weights_format"])
+                saved = earlier if os.path.isfile(earlier) else saved
             if not os.path.isfile(saved):
                 raise UserError(f"{saved} is missing: this model was trained with a random "
                                 "expert (pretrain: false) and needs that very expert")

@@ -50,6 +50,15 @@ def run_script(args, timeout: float = 120, **popen) -> subprocess.CompletedProce
                           timeout=timeout, **popen)
 
 
+def train_in(out, root: str, **values) -> str:
+    """Train with write_config(..., out, **values) as a user does (train.py in its own process);
+    the config file's path."""
+    config = write_config(os.path.join(str(out), "config.yaml"), root, str(out), **values)
+    completed = run_script(["train.py", "--config", config])
+    assert completed.returncode == 0, completed.stderr
+    return config
+
+
 def run_main(main, argv, capsys):
     """(exit code, stdout, stderr) of a script's main(argv) run in this process."""
     code = 0

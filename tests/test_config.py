@@ -8,9 +8,10 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from utils.config import (DATASETS, LOCALIZATION_METHODS, MVTEC_CATEGORIES, SCHEMA,
-                          add_config_args, build_config, config_from_args, default_config,
-                          load_saved_config, save_config)
+from utils.config import (DATASETS, LOCALIZATION_METHODS, MAX_BATCH_SIZE, MAX_EPOCHS,
+                          MAX_IMG_SIZE, MAX_SAMPLES, MAX_THREADS, MAX_WORKERS, MVTEC_CATEGORIES,
+                          SCHEMA, add_config_args, build_config, config_from_args,
+                          default_config, load_saved_config, save_config)
 from utils.errors import UserError
 
 
@@ -68,6 +69,64 @@ def test_wrong_types_are_one_line_errors_naming_the_key(tmp_path, key, value):
 def test_out_of_range_values_are_one_line_errors_naming_the_key(override):
     key = override.split("=")[0]
     assert f"'{key}'" in user_error(overrides=[override])
+
+
+ABSURD = [("batch_size", 10 ** 9, MAX_BATCH_SIZE), ("eval_batch_size", 10 ** 9, MAX_BATCH_SIZE),
+          ("mvtec_img_size", 32 * 31250, MAX_IMG_SIZE), ("num_epochs", 10 ** 9, MAX_EPOCHS),
+          ("num_workers", 10 ** 6, MAX_WORKERS), ("cpu_threads", 10 ** 6, MAX_THREADS),
+          ("train_cpu_threads", 10 ** 6, MAX_THREADS),
+          ("smooth_grad_samples", 10 ** 9, MAX_SAMPLES), ("ig_steps", 10 ** 9, MAX_SAMPLES)]
+
+
+@pytest.mark.parametrize("key,absurd,bound", ABSURD)
+def test_values_far_outside_sense_are_refused_and_the_bound_itself_is_not(key, absurd, bound):
+    message = user_error(overrides=["dataset_name=folder", f"{key}={absurd}"])
+    assert f"'{key}'" in message and str(bound) in message and str(absurd) in message
+    assert build_config(overrides=["dataset_name=folder", f"{key}={bound}"])[key] == bound
+
+
+@pytest.mark.parametrize("override", ["lamda=.inf", "learning_rate=.inf", "learning_rate=.nan",
+                                      "lamda=-.inf"])
+def test_infinite_or_nan_rates_are_refused(override):
+    key, value = override.split("=")
+    assert f"'{key}' in override '{override}': expected a number >" in user_error(
+        overrides=[override]) and value.strip("-.") in user_error(overrides=[override])
+
+
+@pytest.mark.parametrize("value", ["!!python/object/apply:os.system ['touch {marker}']",
+                                   "[1, !!python/object/apply:os.system ['touch {marker}']]",
+                                   "!!timestamp x", "!custom text"])
+def test_an_override_with_a_yaml_tag_is_refused_and_runs_nothing(tmp_path, value):
+    marker = tmp_path / "ran"
+    message = user_error(overrides=["dataset_name=folder",
+                                     "dataset_root=" + value.format(marker=marker)])
+    assert "YAML tags" in message and "dataset_root=" in message
+    assert not marker.exists()
+    quoted = build_config(overrides=["dataset_name=folder", "dataset_root='!custom text'"])
+    assert quoted["dataset_root"] == "!custom text"
+
+
+@pytest.mark.parametrize("text, culprit", [
+    ("dataset_root: !!python/object/apply:os.system ['touch {marker}']\n", "line 1"),
+    ("dataset_root: !!timestamp x\n", "AttributeError"),
+    ("1: 2\n", "key 1 is not a name"), ("null: x\n", "key None is not a name"),
+])
+def test_a_config_file_with_tags_or_odd_keys_is_one_line_and_runs_nothing(tmp_path, text,
+                                                                          culprit):
+    marker = tmp_path / "ran"
+    path = write_yaml(tmp_path, text.format(marker=marker))
+    message = user_error(files=[path])
+    assert path in message and culprit in message
+    assert not marker.exists()
+
+
+def test_a_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path):
+    """Nine levels of nine aliases: 9**7 strings if it were printed in full."""
+    levels = ["&a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 7)]
+    path = write_yaml(tmp_path, "lamda: [" + ", ".join(levels) + "]\n")
+    message = user_error(files=[path])
+    assert "'lamda'" in message and len(message) < 500
 
 
 def test_unknown_mvtec_category_is_an_error_naming_the_key():
@@ -156,21 +215,21 @@ def test_saved_config_round_trips(tmp_path):
 # ---- property tests -------------------------------------------------------------------------
 
 POSITIVE = st.integers(1, 10 ** 6)
-NON_NEGATIVE = st.integers(0, 10 ** 6)
 TEXT = st.text(max_size=20)
 VALID = {
     "dataset_name": st.sampled_from(DATASETS),
     "dataset_root": TEXT,
     "normal_class": st.one_of(TEXT, st.integers(-10, 10 ** 6)),  # replaced for mvtec below
-    "mvtec_img_size": st.integers(1, 40).map(lambda k: 32 * k),
+    "mvtec_img_size": st.integers(1, MAX_IMG_SIZE // 32).map(lambda k: 32 * k),
     "pretrain": st.booleans(),
     "vgg_weights": st.text(min_size=1, max_size=20),
     "equal_network_size": st.booleans(),
     "use_bias": st.booleans(),
-    "num_epochs": NON_NEGATIVE,
-    "batch_size": POSITIVE,
-    "learning_rate": st.floats(min_value=0, exclude_min=True, allow_nan=False),
-    "lamda": st.floats(min_value=0, allow_nan=False),
+    "num_epochs": st.integers(0, MAX_EPOCHS),
+    "batch_size": st.integers(1, MAX_BATCH_SIZE),
+    "learning_rate": st.floats(min_value=0, exclude_min=True, allow_nan=False,
+                               allow_infinity=False),
+    "lamda": st.floats(min_value=0, allow_nan=False, allow_infinity=False),
     "direction_loss_only": st.booleans(),
     "eval_interval": POSITIVE,
     "seed": st.one_of(st.none(), st.integers(0, 2 ** 32 - 1)),
@@ -181,15 +240,15 @@ VALID = {
     "log_dir": TEXT,
     "localization_test": st.booleans(),
     "localization_method": st.sampled_from(LOCALIZATION_METHODS),
-    "smooth_grad_samples": POSITIVE,
-    "ig_steps": POSITIVE,
+    "smooth_grad_samples": st.integers(1, MAX_SAMPLES),
+    "ig_steps": st.integers(1, MAX_SAMPLES),
     "device": st.sampled_from(("auto", "cpu", "gpu")),
-    "cpu_threads": NON_NEGATIVE,
-    "train_cpu_threads": NON_NEGATIVE,
+    "cpu_threads": st.integers(0, MAX_THREADS),
+    "train_cpu_threads": st.integers(0, MAX_THREADS),
     "engine": st.sampled_from(("auto", "eager", "inference")),
     "expert_cache": st.sampled_from(("memory", "float16", "disk", "none")),
-    "eval_batch_size": st.one_of(st.none(), POSITIVE),
-    "num_workers": NON_NEGATIVE,
+    "eval_batch_size": st.one_of(st.none(), st.integers(1, MAX_BATCH_SIZE)),
+    "num_workers": st.integers(0, MAX_WORKERS),
     "amp": st.booleans(),
     "sync_bn": st.booleans(),
     "use_visualdl": st.booleans(),

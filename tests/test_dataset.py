@@ -1,5 +1,8 @@
-"""Reading the MVTec AD layout: pairing masks by name, labels, image modes, streaming loaders."""
+"""Reading the MVTec AD layout: pairing masks by name, labels, image modes, streaming loaders,
+and hostile or odd files."""
 import os
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -245,3 +248,119 @@ def test_test_loader_reads_images_lazily(tmp_path, monkeypatch):
     assert 2 <= len(calls) < 81 / 2
     assert sum(batch[0].shape[0] for batch in batches) == 79
     assert sorted(calls) == list(range(81))
+
+
+# ---- hostile or odd files ---------------------------------------------------------------------
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header claims width x height RGB pixels."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [100_000, 10_000])  # beyond twice Pillow's limit, and between
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path, side):
+    """Pillow itself only warns between MAX_IMAGE_PIXELS and twice that, and then decodes."""
+    path = str(tmp_path / "bomb.png")
+    with open(path, "wb") as stream:
+        stream.write(png_claiming(side, side))
+    assert side * side > Image.MAX_IMAGE_PIXELS
+    for load in (load_image, load_mask):
+        with pytest.raises(UserError) as error:
+            load(path, S)
+        message = str(error.value)
+        assert message.startswith(f"refusing to read image {path}: ") and \
+            "decompression bomb" in message and str(side) in message
+
+
+def test_a_mask_of_another_aspect_ratio_than_its_image_is_refused(tmp_path, rng):
+    """Half the size (same shape) is resized like the image; another shape cannot be its mask."""
+    root = str(tmp_path)
+    make_category(root, {"crack": ["000.png"]}, masks=False)  # the images are 12 x 12
+    image = os.path.join(root, "cat", "test", "crack", "000.png")
+    mask_path = os.path.join(root, "cat", "ground_truth", "crack", "000_mask.png")
+    for shape, accepted in [((6, 6), True), ((24, 25), True), ((12, 30), False),
+                            ((6, 12), False)]:
+        save(mask_path, np.full(shape, 255, np.uint8))
+        dataset = MVTecDataset.from_folder(root, "cat", "test", S)
+        (index,) = [i for i, sample in enumerate(dataset.samples) if sample.label == 1]
+        if accepted:
+            assert dataset[index][2].min() == 1.0
+            continue
+        with pytest.raises(UserError) as error:
+            dataset[index]
+        assert str(error.value) == (f"mask {mask_path} is {shape[1]}x{shape[0]} pixels but its "
+                                    f"image {image} is 12x12: another aspect ratio, so it "
+                                    "cannot be that image's mask")
+
+
+@pytest.mark.parametrize("masks", ["required", "optional"])
+def test_a_test_folder_without_images_is_named(tmp_path, masks):
+    root = str(tmp_path)
+    make_category(root, {"crack": ["000.png"]}, masks=masks == "required")
+    empty = os.path.join(root, "cat", "test", "hole")
+    os.makedirs(empty)
+    open(os.path.join(empty, "notes.txt"), "w").write("no images")
+    with pytest.raises(UserError) as error:
+        scan_split(root, "cat", "test", masks)
+    assert str(error.value) == (f"no images in {empty}: put its images back, or remove the "
+                                "empty folder")
+    assert scan_split(root, "cat", "train", masks)  # other splits do not care
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+    """A notebook's .ipynb_checkpoints in test/ is no defect type."""
+    root = str(tmp_path)
+    codes = make_category(root, {"crack": ["000.png"]})
+    hidden = os.path.join(root, "cat", "test", ".ipynb_checkpoints")
+    save(os.path.join(hidden, "000-checkpoint.png"), coded_image(3))
+    samples = scan_split(root, "cat", "test")
+    assert sorted(sample.path for sample in samples) == sorted(codes)
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path):
+    root = str(tmp_path)
+    make_category(root, {"crack": ["000.png"]})
+    folder = os.path.join(root, "cat", "test", "good")
+    odd = os.path.join(folder, os.fsdecode(b"caf\xe9-\xff.png"))
+    os.rename(os.path.join(folder, "000.png"), odd)
+    dataset = MVTecDataset.from_folder(root, "cat", "test", S)
+    assert odd in dataset.paths
+    image = dataset[dataset.paths.index(odd)][0]
+    assert image.shape == (3, S, S) and image.max() > 0
+
+
+def test_a_symbolic_link_loop_is_named_and_linked_folders_are_read(tmp_path):
+    root = str(tmp_path / "data")
+    codes = make_category(root, {"crack": ["000.png", "001.png"]})
+    elsewhere = str(tmp_path / "elsewhere" / "good")
+    os.makedirs(os.path.dirname(elsewhere))
+    os.rename(os.path.join(root, "cat", "test", "good"), elsewhere)
+    os.symlink(elsewhere, os.path.join(root, "cat", "test", "good"))  # data on another disk
+    assert sorted(sample.path for sample in scan_split(root, "cat", "test")) == sorted(codes)
+    loop = os.path.join(root, "cat", "test", "crack", "again")
+    os.symlink(os.path.join("..", "..", "test"), loop)  # test/crack/again -> test
+    with pytest.raises(UserError) as error:
+        scan_split(root, "cat", "test")
+    message = str(error.value)
+    assert "a symbolic link loops back or links one folder twice" in message
+    assert message.startswith(os.path.join(loop, "crack") + " is ")
+
+
+def test_the_scan_lists_files_in_paddles_datasetfolder_order(tmp_path):
+    """Sub-folders whose names sort differently from the walk ('a-c' before 'a/b')."""
+    from paddle.vision.datasets import DatasetFolder
+    from dataset import IMG_EXTENSIONS, _image_folders
+    split = tmp_path / "test"
+    for name in ["good/b.png", "good/a/b.png", "good/a-c.png", "good/a-c/x.png", "good/A.png",
+                 "crack/z.jpg", "crack/y.PNG", "zz/a/b/c.png"]:
+        save(str(split / name), coded_image(1))
+    (split / "crack" / "notes.txt").write_text("not an image")
+    paddle_scan = DatasetFolder(str(split), extensions=IMG_EXTENSIONS)
+    ours = _image_folders(str(split))
+    assert ours.classes == paddle_scan.classes
+    assert ours.samples == [tuple(sample) for sample in paddle_scan.samples]

@@ -190,3 +190,38 @@ def test_train_and_test_on_mnist_write_scores_for_the_whole_test_set(mnist_root,
     assert [row["path"] for row in rows[:2]] == ["mnist/test/00000", "mnist/test/00001"]
     assert sum(int(row["label"]) for row in rows) == 90
     assert os.path.isfile(out / "roc_curve.png") and os.path.isfile(out / "anomaly_maps.png")
+
+
+def test_cifar10_is_read_as_paddle_reads_it_and_a_tampered_tarball_runs_nothing(tmp_path):
+    """The batches of a local tarball are pickles: read with only NumPy's array builders allowed,
+    in Paddle's order; a batch that would call os.system is refused in one line."""
+    from paddle.vision.datasets import Cifar10
+
+    from classification_datasets import _cifar10_split
+    root = write_cifar10(str(tmp_path / "good"), count=7)
+    for split in ("train", "test"):
+        images, labels = _cifar10_split(root, split)
+        paddles = Cifar10(data_file=os.path.join(root, CIFAR10_FILE), mode=split,
+                          backend="cv2", download=False).data
+        assert labels.tolist() == [int(label) for _, label in paddles]
+        for image, (sample, _) in zip(images, paddles):
+            np.testing.assert_array_equal(image, sample.reshape(3, 32, 32).transpose(1, 2, 0))
+    marker = tmp_path / "code_ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    bad = str(tmp_path / "bad")
+    os.makedirs(bad)
+    with tarfile.open(os.path.join(bad, CIFAR10_FILE), "w:gz") as tar:
+        payload = pickle.dumps({b"data": RunsCode(), b"labels": [0]})
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(UserError) as error:
+        build_dataset(config_for("cifar10", bad, normal_class=0), "train")
+    assert str(error.value).startswith(f"refusing to read {os.path.join(bad, CIFAR10_FILE)}: "
+                                       "its member cifar-10-batches-py/data_batch_1 is a pickle "
+                                       "that would call posix.system")
+    assert not marker.exists()

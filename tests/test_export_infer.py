@@ -235,3 +235,20 @@ def test_export_refuses_a_many_copies_method(trained_model, tmp_path, capsys):
                            str(tmp_path), "-o", "localization_method=smooth_grad"])
     assert exit_info.value.code == 2
     assert "smooth_grad" in capsys.readouterr().err
+
+
+def test_files_of_two_exports_put_together_are_refused(exported, tmp_path, capsys):
+    """inference.yml records the SHA-256 of its graph and weights: the feature_diff graph beside
+    the gradients export's settings (a copy gone wrong) is one line, not wrong maps."""
+    mixed = tmp_path / "mixed"
+    shutil.copytree(exported["gradients"], mixed)
+    shutil.copy(os.path.join(exported["feature_diff"], "model.json"), mixed / "model.json")
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main(["--model_file", str(mixed / "model.json"), "--input_file", str(tmp_path),
+                    "--save_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {mixed / 'model.json'} does not belong with "
+                   f"{mixed / 'inference.yml'} (its SHA-256 differs from the one recorded there: "
+                   "the files come from different exports); export the model again")
+    assert not (tmp_path / "out").exists()

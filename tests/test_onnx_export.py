@@ -16,6 +16,7 @@ import test as test_script
 from anomaly_map import EXPORTABLE_METHODS, AnomalyMapModel
 from script_helpers import run_main, user_error  # noqa: F401  (a fixture)
 from utils.errors import UserError
+from utils.files import scratch_folder
 from utils.optional import pinned
 from vgg import Expert
 from network import Cloner
@@ -149,8 +150,8 @@ def test_a_graph_paddle2onnx_refuses_is_one_line_and_keeps_the_old_model(tmp_pat
     earlier = tmp_path / "model.onnx"
     earlier.write_bytes(b"an earlier export")
     layer = AnomalyMapModel(Expert(), Cloner(), 0.5, "gradients", max_pool_rule="unpool")
-    with pytest.raises(UserError) as error:
-        export_model.write_model(layer, str(tmp_path), 32, onnx_metadata={})
+    with pytest.raises(UserError) as error, scratch_folder(str(tmp_path)) as scratch:
+        export_model.write_model(layer, scratch, 32, onnx_metadata={})
     message = str(error.value)
     assert "unsupported operators" in message and "\n" not in message
     assert earlier.read_bytes() == b"an earlier export"

@@ -15,16 +15,18 @@ import pytest
 import test as test_script
 import train as train_script
 from conftest import ROOT
+from fault_injection import Steps, leftovers, run_until_killed, snapshot, steps_of
 from network import Cloner
 from script_helpers import (data_root, error_line, model_dir, run_main, run_script,  # noqa: F401
-                            write_config)
-from utils import checkpoint
-from utils.checkpoint import (load_training_state, read_state_dict, save_model_info,
-                              save_state_dict, save_training_state)
+                            train_in, write_config)
+from utils import checkpoint, files
+from utils.checkpoint import (find_weights, load_training_state, read_model, read_state_dict,
+                              save_model, save_state_dict, save_training_state)
 from utils.config import build_config, save_config
 from utils.errors import UserError
-from utils.files import atomic_write_text
-from vgg import Expert
+from utils.export_info import write_export_info
+from utils.files import atomic_write_text, current_path, finish_commits
+from vgg import Expert, build_expert, check_expert
 
 NUM_EPOCHS = 20  # epochs 0..20: long enough to be stopped part way
 
@@ -33,10 +35,7 @@ NUM_EPOCHS = 20  # epochs 0..20: long enough to be stopped part way
 def reference(tmp_path_factory, data_root) -> str:
     """The model folder of an uninterrupted run of train.py."""
     out = tmp_path_factory.mktemp("reference")
-    config = write_config(str(out / "config.yaml"), data_root, str(out), num_epochs=NUM_EPOCHS,
-                          eval_interval=3)
-    completed = run_script(["train.py", "--config", config])
-    assert completed.returncode == 0, completed.stderr
+    train_in(out, data_root, num_epochs=NUM_EPOCHS, eval_interval=3)
     return model_dir(out)
 
 
@@ -50,7 +49,16 @@ def assert_same_run(folder, reference_folder):
     for name in ("history.json", "best_model.json", "final_model.json"):
         with open(os.path.join(folder, name)) as ours, \
                 open(os.path.join(reference_folder, name)) as theirs:
-            assert json.load(ours) == json.load(theirs), name
+            assert same_but_folders(json.load(ours), json.load(theirs)), name
+
+
+def same_but_folders(ours, theirs) -> bool:
+    """Equal, but for where the runs wrote, how often they saved and whether they resumed."""
+    if isinstance(ours, dict) and "config" in ours:
+        run_keys = ("save_dir", "log_dir", "continue_train", "save_interval")
+        ours, theirs = ({**info, "config": {key: value for key, value in info["config"].items()
+                                            if key not in run_keys}} for info in (ours, theirs))
+    return ours == theirs
 
 
 def epochs_saved(folder) -> int:
@@ -256,10 +264,21 @@ def half_then_fail(write):
     """A writer that writes half of what `write` would, then fails like a full disk."""
     def failing(value, path, *args, **kwargs):
         write(value, path, *args, **kwargs)
+        if not isinstance(path, str):  # serialised in memory: the disk is not involved yet
+            return None
         with open(path, "rb+") as stream:
             stream.truncate(os.path.getsize(path) // 2)
         raise OSError(28, "No space left on device")
     return failing
+
+
+def half_of_bytes_then_fail(data):
+    """bytes_writer on a disk that fills half way through the file."""
+    def write(tmp_path):
+        with open(tmp_path, "wb") as stream:
+            stream.write(data[:len(data) // 2])
+        raise OSError(28, "No space left on device")
+    return write
 
 
 def checkpoint_writers(folder):
@@ -272,7 +291,10 @@ def checkpoint_writers(folder):
     pdparams, safetensors = (os.path.join(folder, "cloner" + suffix)
                              for suffix in (".pdparams", ".safetensors"))
     last = os.path.join(folder, "last.pdckpt")
+    model = os.path.join(folder, "final_model.pdparams")
     return {
+        "model": (model, lambda v: save_model(model, versioned(v), {"epoch": v}),
+                  lambda: read_model(model)[0]["features.0.weight"]),
         "pdparams": (pdparams, lambda v: save_state_dict(versioned(v), pdparams),
                      lambda: read_state_dict(pdparams)["features.0.weight"]),
         "safetensors": (safetensors, lambda v: save_state_dict(versioned(v), safetensors),
@@ -283,36 +305,36 @@ def checkpoint_writers(folder):
     }, state["features.0.weight"]
 
 
-@pytest.mark.parametrize("kind", ["pdparams", "safetensors", "training state"])
+@pytest.mark.parametrize("kind", ["pdparams", "safetensors", "training state", "model"])
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch, kind):
-    import safetensors.numpy
     writers, weight = checkpoint_writers(str(tmp_path))
     path, write, read = writers[kind]
     write(1)
+    before = sorted(os.listdir(str(tmp_path)))
     monkeypatch.setattr(checkpoint.paddle, "save", half_then_fail(paddle.save))
-    monkeypatch.setattr(safetensors.numpy, "save_file", half_then_fail(safetensors.numpy.save_file))
+    monkeypatch.setattr(checkpoint, "bytes_writer", half_of_bytes_then_fail)
     with pytest.raises(UserError) as error:
         write(2)
     assert path in str(error.value) and "unchanged" in str(error.value)
     np.testing.assert_array_equal(read(), weight + 1)
-    assert os.listdir(str(tmp_path)) == [os.path.basename(path)]  # no temporary file left
+    assert sorted(os.listdir(str(tmp_path))) == before  # no temporary file left
 
 
 def text_writers(folder):
     """(path, write(version)) for the project's JSON, YAML and CSV writers."""
     import test as test_script
     paths = {kind: os.path.join(folder, name) for kind, name in [
-        ("json", "model.json"), ("yaml", "config.yaml"), ("csv", "scores.csv"),
+        ("export", "inference.yml"), ("yaml", "config.yaml"), ("csv", "scores.csv"),
         ("text", "history.json")]}
     return {
-        "json": lambda v: save_model_info(os.path.join(folder, "model.pdparams"), {"epoch": v}),
+        "export": lambda v: write_export_info(folder, {"epoch": v}),
         "yaml": lambda v: save_config(build_config(overrides=[f"seed={v}"]), paths["yaml"]),
         "csv": lambda v: test_script.write_scores_csv(paths["csv"], ["a.png"], [1], [float(v)]),
         "text": lambda v: atomic_write_text(paths["text"], json.dumps({"epoch": v})),
     }, paths
 
 
-@pytest.mark.parametrize("kind", ["json", "yaml", "csv", "text"])
+@pytest.mark.parametrize("kind", ["export", "yaml", "csv", "text"])
 def test_a_failed_text_write_keeps_the_previous_file(tmp_path, monkeypatch, kind):
     writers, paths = text_writers(str(tmp_path))
     writers[kind](1)
@@ -388,3 +410,162 @@ def test_a_reused_folder_never_scores_with_another_expert(tmp_path, data_root, c
         code, _, err = run_main(main, ["--config", config, *args], capsys)
         assert (f"error: {os.path.join(folder, checkpoint_name)} was trained against another "
                 f"expert than {expert_path}") in error_line(code, err)
+
+
+# ---- one transaction per saved model: a crash at any step of any save -----------------------
+
+@pytest.fixture(scope="module")
+def short_reference(tmp_path_factory, data_root) -> str:
+    """The model folder of an uninterrupted run of epochs 0..2."""
+    out = tmp_path_factory.mktemp("short_reference")
+    train_in(out, data_root, num_epochs=2)
+    return model_dir(out)
+
+
+def inside(folder: str, argument) -> bool:
+    """Whether a hooked call's first argument (a path or a file descriptor) is in `folder`."""
+    if isinstance(argument, int):
+        try:
+            argument = os.readlink(f"/proc/self/fd/{argument}")
+        except OSError:
+            return False
+    path = os.path.realpath(os.fsdecode(argument))
+    return path == os.path.realpath(folder) or path.startswith(os.path.realpath(folder) + os.sep)
+
+
+def check_models(folder: str, config: dict, with_expert: bool = True) -> dict:
+    """Load every model the folder holds as the scripts do; {name: epoch} of those found. Each
+    one must be complete: weights that its .json describes, its expert, a training state with
+    the history.json saved with it."""
+    found = {}
+    for stem in ("final_model", "best_model"):
+        path = find_weights(folder, stem)
+        if os.path.isfile(current_path(path)):
+            weights, info = read_model(path)
+            if with_expert:
+                expert = build_expert(config, folder, info["expert_fingerprint"])
+                check_expert(expert, info["expert_fingerprint"], path)
+            found[stem] = info["epoch"]
+    last = os.path.join(folder, "last.pdckpt")
+    if os.path.isfile(current_path(last)):
+        state = load_training_state(last)
+        with open(current_path(os.path.join(folder, "history.json"))) as stream:
+            assert json.load(stream) == state["history"]
+        found["last.pdckpt"] = state["epoch"]
+    return found
+
+
+@pytest.mark.slow
+def test_a_crash_after_any_step_of_any_save_in_training_leaves_complete_models(
+        tmp_path, data_root, short_reference, monkeypatch, capsys):
+    """After every step of every save of a run (expert, config, best and final models, training
+    states), each model in the folder loads complete; resumed from there, the run ends with the
+    very files of an uninterrupted one."""
+    config_path = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path),
+                               num_epochs=2)
+    folder = model_dir(tmp_path)
+    crashes = []
+
+    def after(index, name, args):
+        if args and inside(folder, args[0]):
+            out = tmp_path / "crashes" / f"{len(crashes):03d}"
+            crashes.append((snapshot(folder, model_dir(out), link_large=True), out, name))
+
+    Steps(monkeypatch, after=after)
+    code, _, err = run_main(train_script.main, ["--config", config_path], capsys)
+    monkeypatch.undo()
+    assert code == 0, err
+    assert len(crashes) > 60
+    monkeypatch.setattr(files, "_creator_alive", lambda name: False)  # the crashed process
+    config = build_config(files=[config_path])
+    progress = []
+    for crashed, out, step in crashes:  # (the expert, saved once at the start, checked below)
+        loaded = check_models(crashed, config, with_expert=False)
+        finish_commits(crashed)  # what the next run does first
+        assert check_models(crashed, config, with_expert=False) == loaded, step
+        assert leftovers(crashed) == [], step
+        progress.append(loaded)
+    assert check_models(crashes[-1][0], config) == progress[-1]
+    assert progress[-1] == {"final_model": 2, "best_model": progress[-1]["best_model"],
+                            "last.pdckpt": 2}
+    resumable = [(crashed, out) for (crashed, out, _), loaded in zip(crashes, progress)
+                 if "last.pdckpt" in loaded]
+    for crashed, out in random.sample(resumable[:-1], 3) + resumable[-1:]:
+        resumed = write_config(str(out / "config.yaml"), data_root, str(out), num_epochs=2)
+        code, _, err = run_main(train_script.main, ["--config", resumed, "--resume"], capsys)
+        assert code == 0, err
+        assert_same_run(crashed, short_reference)
+
+
+def last_save(names: list) -> list:
+    """The indices (1-based, as die_at_step.py counts) of the steps of a run's last save: from
+    the creation of its staging folder to the end."""
+    start = len(names) - 1 - names[::-1].index("mkdir")
+    return list(range(start + 1, len(names) + 1))
+
+
+@pytest.mark.slow
+def test_killed_at_steps_of_the_final_save_the_run_resumes_to_the_same_models(
+        tmp_path, data_root, short_reference):
+    """A real SIGKILL at the creation of final_model's staging folder, at its commit, half way
+    through moving its files and at its last step: final_model is absent or complete, and
+    --resume ends with the files of an uninterrupted run."""
+    counted = tmp_path / "counted"
+    counted.mkdir()
+    config = write_config(str(counted / "config.yaml"), data_root, str(counted), num_epochs=2)
+    completed = run_until_killed(model_dir(counted), 10 ** 6, ["train.py", "--config", config])
+    assert completed.returncode == 0, completed.stderr
+    names = steps_of(completed)
+    steps = last_save(names)
+    commit = next(index for index in steps if names[index - 1] == "rename")
+    chosen = [steps[0], commit - 1, commit, commit + 2, steps[-1]]
+    for step in chosen:
+        out = tmp_path / f"killed_at_{step}"
+        out.mkdir()
+        config = write_config(str(out / "config.yaml"), data_root, str(out), num_epochs=2)
+        killed = run_until_killed(model_dir(out), step, ["train.py", "--config", config])
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        loaded = check_models(model_dir(out), build_config(files=[config]))
+        assert loaded.get("final_model", 2) == 2 and loaded["last.pdckpt"] == 2
+        assert ("final_model" in loaded) == (step >= commit), step
+        resumed = run_script(["train.py", "--config", config, "--resume"])
+        assert resumed.returncode == 0, resumed.stderr
+        assert_same_run(model_dir(out), short_reference)
+        assert leftovers(model_dir(out)) == []
+
+
+def test_a_new_run_in_a_used_folder_keeps_the_earlier_models_usable_until_it_replaces_them(
+        tmp_path, data_root, capsys, monkeypatch):
+    """A new run with another random expert, stopped after its first epoch: the earlier run's
+    final model still tests with its own expert (set aside under its fingerprint); once the new
+    run has finished, only its expert is left."""
+    config = write_config(str(tmp_path / "config.yaml"), data_root, str(tmp_path), num_epochs=0)
+    folder = model_dir(tmp_path)
+    code, _, err = run_main(train_script.main, ["--config", config], capsys)
+    assert code == 0, err
+    earlier = checkpoint.load_model_info(os.path.join(folder, "final_model.pdparams"))
+    run_epoch = train_script.Trainer.run_epoch
+
+    def stopped_in_epoch_1(trainer, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(trainer, epoch)
+
+    monkeypatch.setattr(train_script.Trainer, "run_epoch", stopped_in_epoch_1)
+    code, out, err = run_main(train_script.main, ["--config", config, "-o", "seed=99", "-o",
+                                                  "num_epochs=2"], capsys)
+    assert code == 130 and "holds epoch 0" in out, err
+    kept = f"expert-{earlier['expert_fingerprint']}.pdparams"
+    assert kept in os.listdir(folder)
+    code, out, err = run_main(test_script.main, ["--config", config, "--save_dir",
+                                                 str(tmp_path / "earlier")], capsys)
+    assert code == 0, err  # the earlier final_model, with its own expert
+    monkeypatch.undo()
+    code, _, err = run_main(train_script.main, ["--config", config, "--resume", "-o", "seed=99",
+                                                "-o", "num_epochs=2"], capsys)
+    assert code == 0, err
+    assert kept not in os.listdir(folder)
+    info = checkpoint.load_model_info(os.path.join(folder, "final_model.pdparams"))
+    assert info["expert_fingerprint"] != earlier["expert_fingerprint"] and info["epoch"] == 2
+    code, _, err = run_main(test_script.main, ["--config", config], capsys)
+    assert code == 0, err

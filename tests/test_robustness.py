@@ -25,6 +25,7 @@ from script_helpers import (error_line, run_main, run_script, tiny_category, use
                             write_config)
 from utils.checkpoint import save_state_dict
 from utils.config import build_config
+from utils.folder_lock import LOCK_FILE
 from utils.errors import UserError, report_user_errors
 
 
@@ -126,10 +127,10 @@ def test_broken_image_stops_training_before_epoch_0(user_error, config_file, own
                                                        f"expert_cache={storage}"))
     assert path in message and "truncated" in message
     model_dir = tmp_path / "out" / "models" / "demo"
-    # nothing written, not even config.yaml or the random expert; the disk cache's temporary
-    # folder goes when its object does (at the latest when the process ends)
+    # nothing written, not even config.yaml or the random expert, only the run's lock file; the
+    # disk cache's temporary folder goes when its object does (at the latest when the process ends)
     gc.collect()
-    assert not model_dir.exists() or os.listdir(model_dir) == []
+    assert not model_dir.exists() or os.listdir(model_dir) in ([], [LOCK_FILE])
     log = (tmp_path / "out" / "logs" / "demo_train.log").read_text()
     assert "epoch [0/" not in log
 
@@ -386,3 +387,116 @@ def test_broken_training_state_is_named_by_resume(tmp_path, config_file, data_ro
         message = user_error(train_script.main, train_argv(config_file, data_root)
                              + ["--resume"])
         assert str(last) in message
+
+
+# ---- hostile or odd files and values: refused before anything runs ------------------------------
+
+def bomb(path):
+    from test_dataset import png_claiming
+    with open(path, "wb") as stream:
+        stream.write(png_claiming(20_000, 20_000))
+
+
+def symlink_loop(path):
+    os.symlink(os.path.dirname(os.path.dirname(path)), path)  # test/blob/loop -> test
+
+
+def empty_defect_folder(path):
+    os.makedirs(path)
+
+
+def mask_of_another_shape(path):
+    Image.fromarray(np.zeros((8, 32), np.uint8)).save(path)
+
+
+HOSTILE = [("train/good/002.png", bomb, "decompression bomb"),
+           ("test/blob/loop", symlink_loop, "a symbolic link loops back"),
+           ("test/dent", empty_defect_folder, "no images in"),
+           ("ground_truth/blob/000_mask.png", mask_of_another_shape, "another aspect ratio")]
+
+
+@pytest.mark.parametrize("where,make,culprit", HOSTILE, ids=[h[1].__name__ for h in HOSTILE])
+def test_hostile_data_is_refused_in_one_line_before_training(user_error, config_file, own_root,
+                                                             tmp_path, where, make, culprit):
+    path = os.path.join(own_root, "demo", *where.split("/"))
+    make(path)
+    message = user_error(train_script.main, train_argv(config_file, own_root))
+    assert culprit in message and os.path.join(own_root, "demo") in message
+    model_dir = tmp_path / "out" / "models" / "demo"
+    for checkpoint_file in ("last.pdckpt", "best_model.pdparams", "final_model.pdparams"):
+        assert not (model_dir / checkpoint_file).exists()
+    assert "epoch [0/" not in (tmp_path / "out" / "logs" / "demo_train.log").read_text()
+
+
+@pytest.mark.slow
+def test_file_names_that_are_not_utf8_go_through_every_script(tmp_path, own_root, capsys):
+    """Trained on, tested and predicted; the CSV files stay valid UTF-8 (the odd bytes as
+    \\xNN escapes) and the pictures keep the file's own name."""
+    import predict as predict_script
+    odd = {"train/good/000.png": b"\xff\xfe.png", "test/good/000.png": b"caf\xe9.png"}
+    for where, name in odd.items():
+        folder = os.path.join(own_root, "demo", os.path.dirname(where))
+        os.rename(os.path.join(folder, "000.png"), os.path.join(folder, os.fsdecode(name)))
+    config_path = write_config(str(tmp_path / "config.yaml"), own_root, str(tmp_path / "out"),
+                               num_epochs=0)
+    code, _, err = run_main(train_script.main, ["--config", config_path], capsys)
+    assert code == 0, err
+    code, _, err = run_main(test_script.main, ["--config", config_path, "--save_dir",
+                                               str(tmp_path / "results")], capsys)
+    assert code == 0, err
+    scores = (tmp_path / "results" / "scores.csv").read_text(encoding="utf-8")
+    assert os.path.join(own_root, "demo", "test", "good", "caf\\xe9.png") + ",0," in scores
+    model = str(tmp_path / "out" / "models" / "demo" / "final_model.pdparams")
+    code, out, err = run_main(predict_script.main, [
+        "--model_path", model, "--image_path", os.path.join(own_root, "demo", "test"),
+        "--save_dir", str(tmp_path / "predicted")], capsys)
+    assert code == 0, err
+    predictions = (tmp_path / "predicted" / "predictions.csv").read_text(encoding="utf-8")
+    assert "caf\\xe9.png," in predictions
+    assert os.path.isfile(os.path.join(str(tmp_path / "predicted"), "good",
+                                       os.fsdecode(b"caf\xe9.png")))
+
+
+@pytest.mark.parametrize("args,culprit", [
+    (["train.py", "-o", "batch_size=1000000000"], "expected an integer in [1, 65536]"),
+    (["train.py", "-o", "mvtec_img_size=1000000"], "a multiple of 32 in [32, 2048]"),
+    (["test.py", "-o", "eval_batch_size=1000000000"], "'eval_batch_size'"),
+    (["train.py", "-o", "dataset_root=!!python/object/apply:os.system ['touch {marker}']"],
+     "YAML tags"),
+])
+def test_absurd_values_and_object_tags_on_real_command_lines(tmp_path, args, culprit):
+    """Refused before the data are read or anything is allocated (the data root does not
+    even exist), and nothing runs."""
+    marker = tmp_path / "ran"
+    completed = run_script(args[:1] + ["--config", "configs/demo.yaml", "--dataset_root",
+                                       str(tmp_path / "none")]
+                           + [arg.format(marker=marker) for arg in args[1:]])
+    assert culprit in error_line(completed.returncode, completed.stderr)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("script,flag,value,bound", [
+    ("predict.py", "--batch_size", "1000000000", "[1, 65536]"),
+    ("infer.py", "--batch_size", "1000000000", "[1, 65536]"),
+    ("infer.py", "--cpu_threads", "1000000", "[1, 1024]")])
+def test_absurd_flag_values_are_refused(script, flag, value, bound, capsys):
+    module = __import__(script[:-3])
+    required = {"predict.py": ["--image_path", "x", "--model_path", "m.pdparams"],
+                "infer.py": ["--model_file", "m.json", "-i", "x"]}[script]
+    with pytest.raises(SystemExit) as stop:
+        module.parse_args(required + [flag, value])
+    assert stop.value.code == 2
+    assert f"{flag} must be in {bound}, got {value}" in capsys.readouterr().err
+
+
+def test_an_inference_yml_with_an_object_tag_runs_nothing(tmp_path, capsys):
+    import infer as infer_script
+    marker = tmp_path / "ran"
+    (tmp_path / "model.json").write_text("{}")
+    (tmp_path / "model.pdiparams").write_bytes(b"")
+    (tmp_path / "inference.yml").write_text(
+        f"img_size: !!python/object/apply:os.system ['touch {marker}']\n")
+    code, _, err = run_main(infer_script.main, ["--model_file", str(tmp_path / "model.json"),
+                                                "-i", str(tmp_path)], capsys)
+    assert str(tmp_path / "inference.yml") in error_line(code, err)
+    assert not marker.exists()

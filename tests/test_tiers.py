@@ -48,6 +48,7 @@ FAST_TESTS = {
     "utils.errors": "tests/test_batch_loader.py::test_a_failing_item_raises_its_own_error",
     "utils.export_info": "tests/test_export_infer.py::test_export_writes_the_metadata_infer_needs via export_model",
     "utils.files": "tests/test_resume.py::test_a_failed_text_write_keeps_the_previous_file",
+    "utils.folder_lock": "tests/test_folder_lock.py::test_one_folder_named_twice_is_locked_once",
     "utils.image_files": "tests/test_predict.py::test_non_image_files_are_skipped",
     "utils.keras_weights": "tests/test_keras_weights.py::test_keras_h5_converts_back_to_the_expert_it_was_written_from via utils.checkpoint",
     "utils.logger": "tests/test_end_to_end.py::test_training_writes_checkpoints_logs_and_thresholds via train",

@@ -4,19 +4,27 @@ Keras' VGG16 `.h5` (read only, utils/keras_weights.py).
 Loading is strict: a missing, unexpected or mis-shaped key is an error that names the key and the
 file, never a printed warning followed by a silently half-loaded network. `.pdparams` files are
 pickles: they are read with only NumPy's array builders allowed (utils/safe_pickle.py).
+
+A trained cloner is saved as one transaction (utils/files.py): its weights and its .json (epoch,
+threshold, expert fingerprint, config, a digest of the weights) are committed together, and
+reading checks that the .json describes these very weights.
 """
+import hashlib
+import io
 import json
 import os
+import time
 
 import numpy as np
 import paddle
 
 from utils.config import WEIGHTS_FORMATS
 from utils.errors import UserError
-from utils.files import atomic_write, atomic_write_text
+from utils.files import atomic_write, bytes_writer, commit_files, current_path
 from utils.safe_pickle import RefusedPickle, load_arrays_only
 
 KERAS_EXTENSIONS = (".h5", ".hdf5")  # Keras' VGG16, converted on reading
+READ_ATTEMPTS = 3  # a pair that does not match is read again: a save may be replacing it
 
 
 def _refused(path: str, error: RefusedPickle) -> UserError:
@@ -34,32 +42,47 @@ def find_weights(folder: str, stem: str, weights_format: str = WEIGHTS_FORMATS[0
     """The weights file `stem` in `folder` in `weights_format`, or else in the other format when
     only that one exists (the preferred path when neither does)."""
     preferred = weights_path(folder, stem, weights_format)
-    if os.path.isfile(preferred):
+    if os.path.isfile(current_path(preferred)):
         return preferred
     for other in WEIGHTS_FORMATS:
-        if os.path.isfile(weights_path(folder, stem, other)):
+        if os.path.isfile(current_path(weights_path(folder, stem, other))):
             return weights_path(folder, stem, other)
     return preferred
 
 
-def read_state_dict(path: str) -> dict:
-    """{name: numpy array} from a weights file, whatever its format."""
+def _read_bytes(path: str) -> bytes:
     if not os.path.isfile(path):
         raise UserError(f"weights file not found: {path}")
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def read_state_dict(path: str) -> dict:
+    """{name: numpy array} from a weights file, whatever its format."""
+    if path.endswith((".pth", ".pt") + KERAS_EXTENSIONS):
+        if not os.path.isfile(path):
+            raise UserError(f"weights file not found: {path}")
+        if path.endswith(KERAS_EXTENSIONS):
+            from utils.keras_weights import read_keras_vgg16
+            return read_keras_vgg16(path)
+        return _read_torch(path)
+    return _parse_weights(path, _read_bytes(current_path(path)))
+
+
+def _parse_weights(path: str, data: bytes) -> dict:
+    """{name: numpy array} from the bytes of the .pdparams or .safetensors file `path`."""
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load
         try:
-            return load_file(path)
+            return load(data)
         except (SafetensorError, OSError, ValueError) as error:
             raise UserError(f"cannot read {path}: {error}") from None
-    if path.endswith((".pth", ".pt")):
-        return _read_torch(path)
-    if path.endswith(KERAS_EXTENSIONS):
-        from utils.keras_weights import read_keras_vgg16
-        return read_keras_vgg16(path)
     try:
-        state = load_arrays_only(path)
+        state = load_arrays_only(io.BytesIO(data))
     except RefusedPickle as error:
         raise _refused(path, error) from None
     except Exception as error:  # a truncated or foreign pickle raises many unrelated types
@@ -103,16 +126,25 @@ def load_state_strict(layer: paddle.nn.Layer, state: dict, source: str) -> None:
                           for name in expected})
 
 
+def _arrays(state: dict) -> dict:
+    return {name: value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
+            for name, value in state.items()}
+
+
+def weights_bytes(state: dict, path: str) -> bytes:
+    """The file that `save_state_dict(state, path)` writes, as bytes (the format from `path`)."""
+    arrays = _arrays(state)
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save
+        return save({name: np.ascontiguousarray(value) for name, value in arrays.items()})
+    buffer = io.BytesIO()
+    paddle.save(arrays, buffer)
+    return buffer.getvalue()
+
+
 def save_state_dict(state: dict, path: str) -> None:
     """Write {name: tensor or array} atomically; `.safetensors` holds no pickle."""
-    arrays = {name: value.numpy() if isinstance(value, paddle.Tensor) else np.asarray(value)
-              for name, value in state.items()}
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
-        atomic_write(path, lambda tmp: save_file(
-            {name: np.ascontiguousarray(value) for name, value in arrays.items()}, tmp))
-    else:
-        atomic_write(path, lambda tmp: paddle.save(arrays, tmp))
+    atomic_write(path, bytes_writer(weights_bytes(state, path)))
 
 
 def info_path(model_path: str) -> str:
@@ -120,32 +152,86 @@ def info_path(model_path: str) -> str:
     return os.path.splitext(model_path)[0] + ".json"
 
 
-def save_model_info(model_path: str, info: dict) -> None:
-    atomic_write_text(info_path(model_path), json.dumps(info, indent=2) + "\n")
+def weights_digest(state: dict) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values: the same for a .pdparams and a
+    .safetensors file of the same weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        value = np.ascontiguousarray(state[name])
+        digest.update(f"{name}:{value.dtype.str}:{value.shape};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def save_model(model_path: str, state: dict, info: dict) -> None:
+    """The weights `model_path` and their .json (`info` with the weights' digest) as one
+    transaction; a same-named weights file in the other format goes in the same step, so that
+    it cannot be loaded by mistake."""
+    arrays = _arrays(state)
+    data = weights_bytes(arrays, model_path)
+    folder, name = os.path.split(model_path)
+    stem, extension = os.path.splitext(name)
+    info = {**info, "weights_file": name, "weights_digest": weights_digest(arrays)}
+    text = json.dumps(info, indent=2) + "\n"
+    others = [f"{stem}.{fmt}" for fmt in WEIGHTS_FORMATS if f".{fmt}" != extension]
+    commit_files(folder, {name: bytes_writer(data),
+                          os.path.basename(info_path(model_path)): bytes_writer(text.encode())},
+                 label=stem, remove=others)
 
 
 def load_model_info(model_path: str) -> dict:
     """What training recorded beside a checkpoint (threshold, epoch, ...); {} when absent."""
-    path = info_path(model_path)
+    path = current_path(info_path(model_path))
     if not os.path.isfile(path):
         return {}
     try:
         with open(path, encoding="utf-8") as stream:
-            return json.load(stream)
+            info = json.load(stream)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return info
 
 
-def save_training_state(path: str, state: dict) -> None:
-    """The resumable state (cloner, optimizer, epoch, history, config), written atomically."""
-    atomic_write(path, lambda tmp: paddle.save(state, tmp))
+def read_model(model_path: str, info: dict = None) -> tuple:
+    """(weights {name: array}, info) of a saved cloner, the .json checked to describe these very
+    weights (by the digest it records; files saved before it was recorded are taken as they are).
+    `info`: the .json as the caller already read it."""
+    expected = info
+    for attempt in range(READ_ATTEMPTS):
+        info = load_model_info(model_path) if expected is None else expected
+        weights = _parse_weights(model_path, _read_bytes(current_path(model_path)))
+        recorded, actual = info.get("weights_digest"), weights_digest(weights)
+        if recorded in (None, actual):
+            return weights, info
+        if expected is not None and load_model_info(model_path) != expected:
+            raise UserError(f"{model_path} was replaced while it was being read (a run is saving "
+                            "it): run the command again")
+        time.sleep(0.2 * (attempt + 1))
+    raise UserError(f"{model_path} and {info_path(model_path)} do not belong together: the "
+                    f"weights' digest is {actual[:12]}..., the .json records "
+                    f"{str(recorded)[:12]}... (one was replaced or copied without the other); "
+                    "put back the matching pair, or remove the .json to use the weights without "
+                    "their threshold and expert check")
+
+
+def save_training_state(path: str, state: dict, beside: dict = None) -> None:
+    """The resumable state (cloner, optimizer, epoch, history, config) and the text files
+    `beside` (name -> text, e.g. history.json) written as one transaction."""
+    folder, name = os.path.split(path)
+    writers = {name: lambda tmp: paddle.save(state, tmp)}
+    writers.update({other: bytes_writer(text.encode("utf-8"))
+                    for other, text in (beside or {}).items()})
+    commit_files(folder, writers, label=os.path.splitext(name)[0])
 
 
 def load_training_state(path: str) -> dict:
-    if not os.path.isfile(path):
+    path_read = current_path(path)
+    if not os.path.isfile(path_read):
         raise UserError(f"nothing to resume: {path} not found")
     try:
-        state = load_arrays_only(path)
+        state = load_arrays_only(path_read)
     except RefusedPickle as error:
         raise _refused(path, error) from None
     except Exception as error:  # a truncated pickle raises many different types

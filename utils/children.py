@@ -3,11 +3,16 @@ of the CPU cores), and stopping them cleanly.
 
 The children get a session of their own, so Ctrl-C in a terminal reaches the parent only; the
 parent passes that signal (or a SIGTERM it received) to every running child once and waits until
-each has saved its state and exited: train.py's checkpoint of a stop is never cut short.
+each has saved its state and exited: train.py's checkpoint of a stop is never cut short. A parent
+killed outright (SIGKILL) cannot pass anything on: on Linux its children then receive SIGTERM from
+the kernel instead (`stop_with_parent`), rather than run on alone.
 """
+import ctypes
+import os
 import queue
 import signal
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -16,6 +21,22 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from utils.errors import UserError
 
 STOPPED = -1  # the exit status reported for a command that was not started because of a stop
+PARENT_ENV = "KDAD_PARENT_PID"  # set for the children: the process they stop with
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def stop_with_parent() -> None:
+    """In a script that Children.run started: receive SIGTERM (a stop that saves, like Ctrl-C)
+    when the parent dies, e.g. run_all.py killed with SIGKILL (Linux; a no-op elsewhere)."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl in this C library
+        return
+    if str(os.getppid()) != parent:  # the parent died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,7 @@ class Children:
             with self._lock:
                 if self._stopping:
                     return STOPPED
+                env = {**env, PARENT_ENV: str(os.getpid())}
                 process = subprocess.Popen(command, env=env, stdout=stream,
                                            stderr=subprocess.STDOUT if stream else None,
                                            start_new_session=True)

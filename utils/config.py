@@ -5,7 +5,9 @@ type or out of range stops the script with one line naming the key and where it 
 """
 import argparse
 import difflib
+import math
 import os
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -35,12 +37,32 @@ def _one_of(choices):
     return Key((str,), choices[0], lambda v: v in choices, "one of " + ", ".join(choices))
 
 
-def _int(default, low, what=None):
-    return Key((int,), default, lambda v: v >= low, what or f"an integer >= {low}")
+# Upper bounds: a value beyond them is a typo, refused before anything is allocated or started.
+MAX_IMG_SIZE = 2048  # VGG16's first feature map alone is 64 x 2048 x 2048 floats = 1 GiB per image
+MAX_BATCH_SIZE = 65536  # above the largest one-class training set (OCT2017 NORMAL: 26,315 images)
+MAX_EPOCHS = 100_000  # the paper trains 601 epochs
+MAX_SAMPLES = 10_000  # smooth_grad copies / integrated-gradients steps (the paper's 50 and 100)
+MAX_WORKERS = 256  # loader processes, one per core of the largest machines
+MAX_THREADS = 1024  # threads per process
+_REPR = reprlib.Repr()  # values in messages, cut short (a YAML alias bomb stays small)
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 60, 60
+
+
+def _int(default, low, what=None, high=None):
+    if high is None:
+        return Key((int,), default, lambda v: v >= low, what or f"an integer >= {low}")
+    return Key((int,), default, lambda v: low <= v <= high,
+               what or f"an integer in [{low}, {high}]")
+
+
+def _finite(default, low, strict):
+    """A number above `low` (or equal, unless `strict`); inf and nan are refused too."""
+    return Key((float,), default, lambda v: math.isfinite(v) and (v > low if strict else v >= low),
+               f"a number {'>' if strict else '>='} {low:g}")
 
 
 def _multiple_of_32(v):
-    return v >= 32 and v % 32 == 0
+    return 32 <= v <= MAX_IMG_SIZE and v % 32 == 0
 
 
 SCHEMA = {
@@ -48,17 +70,17 @@ SCHEMA = {
     "dataset_name": _one_of(DATASETS),
     "dataset_root": Key((str,), "Dataset/MVTec"),
     "normal_class": Key((str, int), "capsule", expected="a category name or class index"),
-    "mvtec_img_size": _int(128, 32, "a multiple of 32, at least 32"),
+    "mvtec_img_size": _int(128, 32, f"a multiple of 32 in [32, {MAX_IMG_SIZE}]", MAX_IMG_SIZE),
     # networks
     "pretrain": Key((bool,), True),
     "vgg_weights": Key((str,), "imagenet", lambda v: v != "", "'imagenet', 'keras' or a weights file"),
     "equal_network_size": Key((bool,), False),
     "use_bias": Key((bool,), False),
     # training (the paper's MVTec AD setup)
-    "num_epochs": _int(601, 0),
-    "batch_size": _int(64, 1),
-    "learning_rate": Key((float,), 1e-3, lambda v: v > 0, "a number > 0"),
-    "lamda": Key((float,), 0.5, lambda v: v >= 0, "a number >= 0"),
+    "num_epochs": _int(601, 0, high=MAX_EPOCHS),
+    "batch_size": _int(64, 1, high=MAX_BATCH_SIZE),
+    "learning_rate": _finite(1e-3, 0, strict=True),
+    "lamda": _finite(0.5, 0, strict=False),
     "direction_loss_only": Key((bool,), False),
     "eval_interval": _int(10, 1),
     "seed": Key((int, type(None)), None, lambda v: v is None or 0 <= v < 2 ** 32,
@@ -71,17 +93,19 @@ SCHEMA = {
     # testing
     "localization_test": Key((bool,), True),
     "localization_method": _one_of(LOCALIZATION_METHODS),
-    "smooth_grad_samples": _int(50, 1),
-    "ig_steps": _int(100, 1),
+    "smooth_grad_samples": _int(50, 1, high=MAX_SAMPLES),
+    "ig_steps": _int(100, 1, high=MAX_SAMPLES),
     # speed
     "device": _one_of(("auto", "cpu", "gpu")),
-    "cpu_threads": _int(0, 0, "0 (all cores) or a positive integer"),
-    "train_cpu_threads": _int(1, 0, "0 (all cores) or a positive integer"),
+    "cpu_threads": _int(0, 0, f"0 (all cores) or an integer up to {MAX_THREADS}", MAX_THREADS),
+    "train_cpu_threads": _int(1, 0, f"0 (all cores) or an integer up to {MAX_THREADS}",
+                              MAX_THREADS),
     "engine": _one_of(("auto", "eager", "inference")),
     "expert_cache": _one_of(("memory", "float16", "disk", "none")),
-    "eval_batch_size": Key((int, type(None)), None, lambda v: v is None or v >= 1,
-                           "null or an integer >= 1"),
-    "num_workers": _int(0, 0),
+    "eval_batch_size": Key((int, type(None)), None,
+                           lambda v: v is None or 1 <= v <= MAX_BATCH_SIZE,
+                           f"null or an integer in [1, {MAX_BATCH_SIZE}]"),
+    "num_workers": _int(0, 0, high=MAX_WORKERS),
     "amp": Key((bool,), False),
     "sync_bn": Key((bool,), False),
     # monitoring
@@ -112,7 +136,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     type_ok = isinstance(value, key.types) and (bool in key.types or not is_bool)
     if not type_ok or (key.check is not None and not key.check(value)):
         expected = key.expected or " or ".join(t.__name__ for t in key.types)
-        raise UserError(f"config key '{name}' in {origin}: expected {expected}, got {value!r}")
+        raise UserError(f"config key '{name}' in {origin}: expected {expected}, "
+                        f"got {_REPR.repr(value)}")
     return value
 
 
@@ -128,10 +153,15 @@ def _read_yaml(path: str) -> dict:
         raise UserError(f"config file {path}{line} is not valid YAML") from None
     except (ValueError, RecursionError) as error:  # not UTF-8, a bad date or !!int, deep nesting
         raise UserError(f"config file {path} is not valid YAML ({error})") from None
+    except Exception as error:  # PyYAML's constructors raise other types too (!!timestamp x)
+        raise UserError(f"config file {path} is not valid YAML ({type(error).__name__})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of key: value")
+    for key in data:
+        if not isinstance(key, str):
+            raise UserError(f"config file {path}: key {_REPR.repr(key)} is not a name")
     return data
 
 
@@ -140,11 +170,22 @@ def parse_override(text: str) -> tuple:
     name, sep, raw = text.partition("=")
     if not sep or not name.strip():
         raise UserError(f"override '{text}' must look like key=value")
+    if _has_tag(raw):
+        raise UserError(f"override '{text}': YAML tags (!...) are not accepted in a value; "
+                        "quote it to mean the text")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except (yaml.YAMLError, ValueError, RecursionError):  # e.g. a bad date, '!!int abc'
+    except Exception:  # e.g. a bad date: PyYAML raises YAMLError, ValueError and others
         value = raw
     return name.strip(), value
+
+
+def _has_tag(raw: str) -> bool:
+    """Whether a YAML value names a type with a tag (`!!python/object:...`, `!custom`)."""
+    try:
+        return any(isinstance(token, yaml.TagToken) for token in yaml.scan(raw))
+    except yaml.YAMLError:  # not YAML at all: taken as text
+        return False
 
 
 def build_config(base: Optional[dict] = None, files=(), overrides=(),
@@ -187,8 +228,8 @@ def check_consistency(config: dict) -> None:
                         "of the normal class folder, e.g. NORMAL")
     if config["dataset_name"] in ("mvtec", "folder", "retina") and \
             not _multiple_of_32(config["mvtec_img_size"]):
-        raise UserError("config key 'mvtec_img_size': expected a multiple of 32, at least 32, "
-                        f"got {config['mvtec_img_size']}")
+        raise UserError(f"config key 'mvtec_img_size': expected a multiple of 32 in [32, "
+                        f"{MAX_IMG_SIZE}], got {config['mvtec_img_size']}")
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_config_path="configs/config.yaml",

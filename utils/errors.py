@@ -51,6 +51,11 @@ def report_user_errors(main):
                    and signal.getsignal(signum) is default]
         for signum in watched:
             signal.signal(signum, on_stop)
+        for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 stays printable
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
+        from utils.children import stop_with_parent  # (it imports this module)
+        stop_with_parent()
         try:
             return main(*args, **kwargs)
         except UserError as error:

@@ -4,8 +4,10 @@ import argparse
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from utils.config import MAX_BATCH_SIZE
 from utils.errors import UserError
 from utils.csv_files import write_csv
+from utils.files import printable
 
 PREDICTIONS_CSV = "predictions.csv"  # what predict.py and infer.py write in --save_dir
 CSV_COLUMNS = ("path", "score", "threshold", "anomalous")
@@ -37,7 +39,7 @@ def choose_threshold(stored: Optional[float], override: Optional[float], source:
 
 def write_predictions_csv(path: str, predictions: Sequence[Prediction]) -> None:
     """path,score,threshold,anomalous (1 or 0), one row per image, in the order given."""
-    write_csv(path, CSV_COLUMNS, ([p.path, f"{p.score:.8g}", f"{p.threshold:.8g}",
+    write_csv(path, CSV_COLUMNS, ([printable(p.path), f"{p.score:.8g}", f"{p.threshold:.8g}",
                                    int(p.anomalous)] for p in predictions))
 
 
@@ -65,5 +67,5 @@ def check_prediction_args(parser: argparse.ArgumentParser, args: argparse.Namesp
     """Values argparse's types cannot refuse on their own."""
     if not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        parser.error(f"--batch_size must be in [1, {MAX_BATCH_SIZE}], got {args.batch_size}")

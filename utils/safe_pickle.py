@@ -6,6 +6,7 @@ numbers, strings, lists and dicts: only the functions that rebuild NumPy arrays 
 here, and a file that asks for anything else is refused before that is called.
 """
 import pickle
+from typing import BinaryIO, Union
 
 from paddle.framework.io_utils import _pack_loaded_dict  # joins parameters split by old pickles
 
@@ -28,8 +29,10 @@ class _ArraysOnly(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_arrays_only(path: str) -> object:
-    """What paddle.save wrote to `path` (arrays, numbers, strings, lists, dicts); raises
-    RefusedPickle naming the function when the file would call anything else."""
-    with open(path, "rb") as stream:
+def load_arrays_only(source: Union[str, BinaryIO]) -> object:
+    """What paddle.save wrote to `source` (a path or a binary stream: arrays, numbers, strings,
+    lists, dicts); raises RefusedPickle naming the function when it would call anything else."""
+    if not isinstance(source, str):
+        return _pack_loaded_dict(_ArraysOnly(source, encoding="latin1").load())
+    with open(source, "rb") as stream:
         return _pack_loaded_dict(_ArraysOnly(stream, encoding="latin1").load())

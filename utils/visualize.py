@@ -11,7 +11,7 @@ from mpl_toolkits.axes_grid1 import make_axes_locatable
 from PIL import Image
 
 from dataset import read_image
-from utils.files import atomic_write
+from utils.files import atomic_write, printable
 from utils.predictions import Prediction
 
 MAX_DISPLAY_SIDE = 1024  # larger inputs are shown downscaled
@@ -79,7 +79,8 @@ def save_prediction_figure(path: str, image: np.ndarray, anomaly_map: np.ndarray
         axes[2].set_title("normal: no overlay")
     for axis in axes:
         axis.set_axis_off()
-    figure.suptitle(f"{os.path.basename(prediction.path)}: score {prediction.score:.4g}, "
+    name = printable(os.path.basename(prediction.path))
+    figure.suptitle(f"{name}: score {prediction.score:.4g}, "
                     f"threshold {prediction.threshold:.4g} -> {prediction.verdict.upper()}",
                     color="tab:red" if prediction.anomalous else "tab:green", fontsize=13,
                     y=1.0 - 0.12 / size[1], verticalalignment="top")
