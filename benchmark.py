@@ -26,7 +26,11 @@ measures, in one process and interleaved `--repeats` times (the median is report
   fraction of this machine's peak, taken from a large float32 matmul timed in the same run;
 - peak memory (RSS) of train.py (one epoch) and of test.py on `--memory_images` generated test
   images, each in its own process; on a GPU also the peak GPU memory Paddle allocated
-  (paddle.device.cuda.max_memory_allocated), and no rows about CPU threads.
+  (paddle.device.cuda.max_memory_allocated), and no rows about CPU threads;
+- the protocols' training against the former default (eager convolutions, glibc's default
+  malloc), each measurement in its own process (utils/training_speed.py): one Fashion-MNIST
+  class (32 px, batch 64) estimated from its training, scoring and expert rates, and 128 px at
+  the paper's batch of 64 against batch 8.
 
 It prints Markdown tables (written to --output as well). Machine load changes the numbers: the
 load average at the start and end is printed with them.
@@ -65,6 +69,7 @@ from utils.files import atomic_write_text
 from utils.onnx_runtime import make_session, run_session
 from utils.errors import UserError
 from utils.optional import import_optional, require
+from utils.training_speed import VARIANTS, fashion_mnist_minutes, interleaved_rates
 from vgg import Expert, StagedFeatures
 
 # Measured elsewhere on a 2-core machine: 40 train / 30 test / 20 defective images, 128 px,
@@ -371,6 +376,10 @@ def main(argv=None) -> None:
     parser.add_argument("--ig_steps", type=int, default=8)
     parser.add_argument("--memory_images", type=int, nargs="*", default=[50, 500],
                         help="test-set sizes for test.py's peak memory (none: skip)")
+    parser.add_argument("--protocol_steps", type=int, default=10,
+                        help="training steps timed per process at the protocols' sizes (32 px "
+                             "and 128 px, batch 64; 128 px, batch 8) against the former "
+                             "default; 0: skip, and on a GPU they are skipped")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     parser.add_argument("--output", default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
@@ -403,6 +412,7 @@ def main(argv=None) -> None:
         compiled = Trainer({**config, "train_cpu_threads": 0})
         compiled.setup()
         compiled.step = compile_step(compiled.step)
+        compiled.onednn = False  # the whole forward is one program here, with Paddle's kernels
         naive = NaiveTraining(trainer, config, args.naive_train_steps)
         steps_per_epoch = len(trainer.sampler)
         compiled.run_epoch(0)  # traces the program
@@ -505,12 +515,18 @@ def main(argv=None) -> None:
         memory = {run: peaks["rss"] for run, peaks in peaks_by_run.items()}
         gpu_memory = {run: peaks["gpu"] for run, peaks in peaks_by_run.items() if "gpu" in peaks}
 
+    protocols = {}
+    if args.protocol_steps and device == "cpu":
+        cases = {f"{name}_{variant}": (size, batch, variant, name == "fashion_mnist")
+                 for name, size, batch in (("fashion_mnist", 32, 64), ("batch64", 128, 64),
+                                           ("batch8", 128, 8)) for variant in VARIANTS}
+        protocols = interleaved_rates(cases, args.repeats, args.protocol_steps)
     n_test, n_defect = len(test_loader.dataset), len(defective)
     flops = {"cloner": conv_flops(cloner, args.img_size), "expert": conv_flops(expert,
                                                                                  args.img_size)}
     report = dict(args=args, rows=rows, times=times, peak=peak, peaks=peaks, flops=flops,
                   deployment=deployment, memory=memory, gpu_memory=gpu_memory,
-                  memory_steps=memory_steps, device=device,
+                  memory_steps=memory_steps, device=device, protocols=protocols,
                   n_test=n_test, n_defect=n_defect, vectorised=vectorised, reference=reference,
                   load=(load_before, load_average()), steps_per_epoch=steps_per_epoch)
     text = format_report(report)
@@ -546,9 +562,9 @@ def training_rows(rows: Dict[str, float], device: str) -> List[str]:
     """The detail rows of the eager training step: by CPU threads on a CPU, one row on a GPU."""
     if device != "cpu":
         return [f"| training, eager on the GPU | {rows['train']:.1f} images/s |"]
-    return [f"| training, default (eager, `train_cpu_threads: 1`) | {rows['train']:.1f} "
-            "images/s |",
-            f"| training, eager with all {os.cpu_count()} cores | "
+    return [f"| training, default (oneDNN convolutions, `train_cpu_threads: 1`) | "
+            f"{rows['train']:.1f} images/s |",
+            f"| training, all {os.cpu_count()} cores (`train_cpu_threads: 0`) | "
             f"{rows['train_all_threads']:.1f} images/s |"]
 
 
@@ -619,7 +635,7 @@ def format_report(r: dict) -> str:
         "| detail | value |",
         "|---|---|",
         *training_rows(rows, r["device"]),
-        f"| training, forward compiled with paddle.jit.to_static"
+        f"| training, the whole forward compiled with paddle.jit.to_static"
         + (", all cores" if r["device"] == "cpu" else "")
         + f" | {rows['train_compiled']:.1f} images/s"
         + (f"; peak RSS of 12 steps {r['memory_steps']['compiled']:.0f} MB vs. "
@@ -669,7 +685,50 @@ def format_report(r: dict) -> str:
                      f"{args.batch_size}) | " + ", ".join(
                          f"{key[4:]} images: {r['memory'][key]:.0f} MB" for key in tests)
                      + f"; with `-o eval_batch_size=2`: {r['memory']['test_batch2']:.0f} MB |")
-    return "\n".join(lines)
+    return "\n".join(lines + protocol_rows(r["protocols"], r["args"]))
+
+
+def protocol_rows(rates: dict, args) -> List[str]:
+    """The Fashion-MNIST class and the paper's MVTec batch, this code against the former
+    default, each in its own process (utils/training_speed.py)."""
+    if not rates:
+        return []
+    fm_new, fm_old = rates["fashion_mnist_default"], rates["fashion_mnist_former"]
+    minutes = {variant: fashion_mnist_minutes(rates[f"fashion_mnist_{variant}"])
+               for variant in VARIANTS}
+    lines = [
+        "",
+        "| the protocols' training (random images, one process per measurement) | this code "
+        "| former default | speed-up |",
+        "|---|---|---|---|",
+        f"| one Fashion-MNIST class (6,000 training + 10,000 test images, 32 px, epochs 0..51, "
+        f"batch 64, test every 10 epochs), estimated minutes | {minutes['default']:.1f} | "
+        f"{minutes['former']:.1f} | {_ratio(minutes['former'], minutes['default'])} |",
+        f"| - training at 32 px, batch 64, images/s | {fm_new['train']:.0f} | "
+        f"{fm_old['train']:.0f} | {_ratio(fm_new['train'], fm_old['train'])} |",
+        f"| - scoring at 32 px (the cloner in eval mode), images/s | {fm_new['score']:.0f} | "
+        f"{fm_old['score']:.0f} | {_ratio(fm_new['score'], fm_old['score'])} |",
+        f"| - the expert's outputs at 32 px (Paddle Inference), images/s | "
+        f"{fm_new['expert']:.0f} | {fm_old['expert']:.0f} | "
+        f"{_ratio(fm_new['expert'], fm_old['expert'])} |",
+    ]
+    for batch in (64, 8):
+        new, old = rates[f"batch{batch}_default"]["train"], rates[f"batch{batch}_former"]["train"]
+        lines.append(f"| training at 128 px, batch {batch}, images/s | {new:.1f} | {old:.1f} | "
+                     f"{_ratio(new, old)} |")
+    ratio = {variant: rates[f"batch64_{variant}"]["train"] / rates[f"batch8_{variant}"]["train"]
+             for variant in VARIANTS}
+    lines += [
+        f"| 128 px: images/s at batch 64 / images/s at batch 8 | {ratio['default']:.2f} | "
+        f"{ratio['former']:.2f} | - |",
+        "",
+        f"This code: {VARIANTS['default']}; former default: {VARIANTS['former']}. Medians of "
+        f"{args.repeats} runs of {args.protocol_steps} steps (after one untimed step) per process, "
+        "one CPU thread for training (`train_cpu_threads: 1`) and all cores for the expert. The "
+        "class estimate adds the expert's outputs of all 16,000 images, 52 epochs and the "
+        "scoring of the test set at 6 evaluations and of the training set for 7 saved models.",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

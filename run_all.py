@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 import utils.quiet  # noqa: F401  (before Paddle: keeps its import notes off stderr)
-from utils.checkpoint import find_weights
+from utils.checkpoint import find_weights, load_model_info
 from utils.children import Children, Slot, make_slots, run_in_slots, visible_gpus
 from utils.config import MVTEC_CATEGORIES, build_config
 from utils.device import gpu_available, usable_cores
@@ -37,7 +37,8 @@ from utils.folder_lock import folder_locks
 from utils.results import results_json, results_markdown
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FINAL_MODEL, LAST_STATE, METRICS_FILE = "final_model", "last.pdckpt", "metrics.json"
+FINAL_MODEL, BEST_MODEL, LAST_STATE = "final_model", "best_model", "last.pdckpt"
+METRICS_FILE = "metrics.json"
 
 
 @dataclass
@@ -144,6 +145,9 @@ def run_category(job: Job, slot: Slot = Slot("CPU"), run: Optional[Callable] = N
                     "error": f"{kind}.py exited with status {status} (see {log})"}
     with open(os.path.join(job.test_dir, METRICS_FILE), encoding="utf-8") as stream:
         metrics = json.load(stream)
+    best = load_model_info(find_weights(job.model_dir, BEST_MODEL))
+    if "image_auroc" in best:  # what training measured for its best-on-test model
+        metrics = {**metrics, "best_image_auroc": best["image_auroc"], "best_epoch": best["epoch"]}
     return {"category": job.category, "status": "done" if steps else "skipped",
             "metrics": metrics, "error": None}
 

@@ -29,6 +29,7 @@ from expert_cache import ExpertCache
 from loss_functions import build_loss
 from metrics import image_auroc
 from network import build_cloner
+from onednn_conv import onednn_convolutions
 from test_functions import image_threshold, score_cached
 from train_step import build_grad_scaler, build_training_step
 from utils.checkpoint import (find_weights, load_model_info, load_state_strict,
@@ -169,6 +170,8 @@ class Trainer:
                                 "kernel); on CPU each process normalises its own part of the batch")
             self.cloner = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.cloner)
         self.step = build_training_step(self.cloner, self.criterion, config, self.world)
+        # the cloner's convolutions through oneDNN on a CPU (engine: eager keeps them eager)
+        self.onednn = self.device == "cpu" and config["engine"] != "eager"
         self.optimizer = paddle.optimizer.Adam(learning_rate=config["learning_rate"],
                                                parameters=self.cloner.parameters())
         self.scaler = build_grad_scaler(config, self.device)
@@ -199,23 +202,29 @@ class Trainer:
         use_training_threads(self.config, self.device)
         self.sampler.set_epoch(epoch_order_seed(self.config["seed"], epoch))
         loss_sum = paddle.zeros([], dtype="float32")
-        for images, expert_stages in self.train_cache.epoch(self.sampler):
-            loss = self.step(images, expert_stages)
-            if self.scaler is None:
-                loss.backward()
-                self.optimizer.step()
-            else:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            self.optimizer.clear_grad()
-            loss_sum = loss_sum + loss.detach()
+        with onednn_convolutions(self.cloner, self.onednn):
+            for images, expert_stages in self.train_cache.epoch(self.sampler):
+                loss = self.step(images, expert_stages)
+                if self.scaler is None:
+                    loss.backward()
+                    self.optimizer.step()
+                else:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                self.optimizer.clear_grad()
+                loss_sum = loss_sum + loss.detach()
         if self.world > 1:  # each rank's loss is that of its part of the global batch
             loss_sum = mean_over_ranks(loss_sum)
         return float(loss_sum)
 
+    def scores(self, cache: ExpertCache) -> np.ndarray:
+        """The cloner's anomaly scores of every image of `cache`."""
+        with onednn_convolutions(self.cloner, self.onednn):
+            return score_cached(self.cloner, cache, self.config)
+
     def evaluate(self, epoch: int) -> None:
-        scores = score_cached(self.cloner, self.test_cache, self.config)
+        scores = self.scores(self.test_cache)
         if not np.isfinite(scores).all():
             raise Diverged(f"the test scores became NaN or infinite in epoch {epoch}")
         auroc = image_auroc(self.test_cache.labels, scores)
@@ -243,7 +252,7 @@ class Trainer:
     def save_model(self, name: str, epoch: int, extra: dict) -> str:
         """The cloner as <name>.<weights_format> and its .json (threshold, epoch, expert
         fingerprint, config), saved as one; its path."""
-        threshold = image_threshold(score_cached(self.cloner, self.train_cache, self.config))
+        threshold = image_threshold(self.scores(self.train_cache))
         info = {"epoch": epoch, **extra, "expert_fingerprint": self.expert_fingerprint,
                 **threshold, "config": self.config}
         path = weights_path(self.model_dir, name, self.config["weights_format"])

@@ -14,7 +14,8 @@ from metrics import loc_auc_paper
 
 TINY = ["--img_size", "32", "--batch_size", "4", "--num_train", "4", "--num_test_good", "2",
         "--num_per_defect", "1", "--repeats", "1", "--naive_train_steps", "1",
-        "--smooth_grad_samples", "2", "--ig_steps", "2", "--memory_images"]
+        "--smooth_grad_samples", "2", "--ig_steps", "2", "--memory_images",
+        "--protocol_steps", "1"]
 
 
 @pytest.mark.slow
@@ -29,7 +30,10 @@ def test_benchmark_tables(tmp_path):
                 "| FLOPs: training step", "| peak: float32 matmul",
                 "| that backward with max-pool's ONNX-convertible rule (switches)",
                 "| deployment: Paddle Inference, exported gradient-map model (infer.py) | "
-                "batch 1: "):
+                "batch 1: ",
+                "| one Fashion-MNIST class (6,000 training + 10,000 test images",
+                "| training at 128 px, batch 64, images/s |",
+                "| 128 px: images/s at batch 64 / images/s at batch 8 |"):
         assert row in tables, row
     onnx_row = re.search(r"\| deployment: ONNX Runtime.*", tables).group(0)
     assert re.search(r"batch 1: [0-9.]+ images/s, batch 8: [0-9.]+ images/s", onnx_row) or \

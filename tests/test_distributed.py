@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_config
+from onednn_conv import onednn_convolutions
 from train import FINAL_MODEL, Trainer
 from utils.checkpoint import find_weights, read_state_dict
 from utils.config import load_saved_config
@@ -63,18 +64,19 @@ def half_batch_reference(config: dict) -> dict:
     for epoch in range(EPOCHS):
         trainer.step.train()
         trainer.sampler.set_epoch(epoch_order_seed(config["seed"], epoch))
-        for indices in trainer.sampler:
-            half = len(indices) // 2
-            for part, chosen in enumerate((indices[:half], indices[half:])):
-                statistics = {name: value.numpy().copy()
-                              for name, value in cloner.state_dict().items()
-                              if name.endswith(("._mean", "._variance"))}
-                images, expert_stages = trainer.train_cache.batch(chosen)
-                (trainer.step(images, expert_stages) * 0.5).backward()
-                if part == 1:  # rank 1's running statistics never reach rank 0's model
-                    cloner.set_state_dict(statistics)
-            optimizer.step()
-            optimizer.clear_grad()
+        with onednn_convolutions(cloner, trainer.onednn):  # as the training runs its convs
+            for indices in trainer.sampler:
+                half = len(indices) // 2
+                for part, chosen in enumerate((indices[:half], indices[half:])):
+                    statistics = {name: value.numpy().copy()
+                                  for name, value in cloner.state_dict().items()
+                                  if name.endswith(("._mean", "._variance"))}
+                    images, expert_stages = trainer.train_cache.batch(chosen)
+                    (trainer.step(images, expert_stages) * 0.5).backward()
+                    if part == 1:  # rank 1's running statistics never reach rank 0's model
+                        cloner.set_state_dict(statistics)
+                optimizer.step()
+                optimizer.clear_grad()
     return {name: value.numpy() for name, value in cloner.state_dict().items()}
 
 

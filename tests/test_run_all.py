@@ -18,7 +18,7 @@ from utils.children import Children, Slot, make_slots, run_in_slots, visible_gpu
 from utils.demo_data import make_demo_category
 from utils.device import gpu_available
 from utils.errors import UserError
-from utils.results import MVTEC_COLUMNS, REPORTED, results_markdown
+from utils.results import BEST_ROW, MVTEC_COLUMNS, REPORTED, results_markdown
 
 
 def write_config(tmp_path, root):
@@ -51,8 +51,11 @@ def test_runs_every_category_keeps_going_after_a_failure_and_resumes(tmp_path, m
     assert "| Repo | broken | demo | Mean |" in table
     assert f"| This run | — | {100 * metrics['image_auroc']:.2f} |" in table
     assert "- broken: train.py exited with status 2" in table
+    best = json.load(open(tmp_path / "out" / "demo" / "best_model.json"))["image_auroc"]
+    assert f"| {BEST_ROW} | — | {100 * best:.2f} | {100 * best:.2f} (1/2) |" in table
     summary = json.load(open(results / "folder_results.json"))
     assert summary["categories"]["demo"]["aupro"] == metrics["aupro"]
+    assert summary["categories"]["demo"]["best_image_auroc"] == best
     assert summary["failed"] == {"broken": summary["failed"]["broken"]}
 
     def no_process(*args, **kwargs):

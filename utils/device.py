@@ -1,4 +1,5 @@
 """Picking the device at run time, so that the same code runs on paddlepaddle and paddlepaddle-gpu."""
+import ctypes
 import os
 
 import paddle
@@ -31,7 +32,26 @@ def setup_device(config: dict) -> str:
     paddle.set_device(device)
     if device == "cpu":
         paddle.base.core.set_num_threads(cpu_thread_count(config))
+        keep_freed_memory()
     return device
+
+
+# mallopt's parameters (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for the next allocation instead of returning it to
+    the kernel. Paddle's CPU tensors come straight from malloc, which maps every block above
+    32 MB afresh (a 128 px batch of 64 has many) and unmaps it when freed, so every training
+    step paid for zero-filled pages again: batch 64 at 128 px trained 2-2.5x slower. The
+    arithmetic is untouched; the resident memory stays at its peak. False where the C library is
+    not glibc (nothing is changed there)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def use_training_threads(config: dict, device: str) -> None:

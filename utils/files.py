@@ -156,25 +156,25 @@ def commit_files(folder: str, writers: Dict[str, Callable[[str], None]], label: 
 def _finish(committed: str) -> None:
     """Move a committed folder's files into place, remove what it replaces, remove the folder;
     repeating this after a crash part way through completes it."""
-    folder = os.path.dirname(committed)
+    folder, target = os.path.dirname(committed), PLAN_FILE
     try:
         if not os.path.exists(os.path.join(committed, PLAN_FILE)):  # all done but the folder
             os.rmdir(committed)
             return
         with open(os.path.join(committed, PLAN_FILE), encoding="utf-8") as stream:
             plan = json.load(stream)
-        for name in plan["move"]:
-            if os.path.exists(os.path.join(committed, name)):
-                os.replace(os.path.join(committed, name), os.path.join(folder, name))
-        for name in plan["remove"]:
-            if os.path.exists(os.path.join(folder, name)):
-                os.remove(os.path.join(folder, name))
+        for target in plan["move"]:
+            if os.path.exists(os.path.join(committed, target)):
+                os.replace(os.path.join(committed, target), os.path.join(folder, target))
+        for target in plan["remove"]:
+            if os.path.exists(os.path.join(folder, target)):
+                os.remove(os.path.join(folder, target))
         _sync_folder(folder)
         os.remove(os.path.join(committed, PLAN_FILE))
         os.rmdir(committed)
         _sync_folder(folder)
     except OSError as error:
-        raise UserError(f"cannot finish saving {', '.join(os.listdir(committed))} into {folder}: "
+        raise UserError(f"cannot finish saving {os.path.join(folder, target)}: "
                         f"{error.strerror or error}; the saved files are complete in "
                         f"{committed}, and the next save into {folder} moves them") from None
 
