@@ -118,12 +118,12 @@ def export_command(trained, save_dir: str, method: str) -> list:
 
 
 def infer_outputs(save_dir: str, images: str, tmp_path) -> str:
-    """scores.csv of infer.py on the export in `save_dir`."""
+    """predictions.csv of infer.py on the export in `save_dir`."""
     out = str(tmp_path / f"infer_{random.randrange(10 ** 9)}")
     completed = run_script(["infer.py", "--model_file", os.path.join(save_dir, "model.json"),
                             "-i", images, "--save_dir", out])
     assert completed.returncode == 0, completed.stderr
-    return open(os.path.join(out, "scores.csv")).read()
+    return open(os.path.join(out, "predictions.csv")).read()
 
 
 def test_an_export_killed_at_any_moment_leaves_the_old_or_the_new_export(trained, data_root,
