@@ -276,15 +276,21 @@ def test_ctrl_c_or_sigterm_anywhere_is_one_line_and_exit_130_or_143(capsys):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
 
-    for main in (interrupted, mangled):
-        code, _, err = run_main(lambda argv: main(), [], capsys)
-        assert code == 130 and err == "interrupted\n"
-    code, _, err = run_main(lambda argv: terminated(), [], capsys)
-    assert code == 143 and err == "terminated\n"
-    with pytest.raises(SystemError):
-        failing()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    # Python's own Ctrl-C handler, as in a terminal (a shell's `cmd &` starts with it ignored,
+    # and report_user_errors leaves an ignored signal alone)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for main in (interrupted, mangled):
+            code, _, err = run_main(lambda argv: main(), [], capsys)
+            assert code == 130 and err == "interrupted\n"
+        code, _, err = run_main(lambda argv: terminated(), [], capsys)
+        assert code == 143 and err == "terminated\n"
+        with pytest.raises(SystemError):
+            failing()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @settings(max_examples=120, deadline=None,

@@ -279,7 +279,8 @@ def test_a_stop_reaches_the_training_child_which_saves_its_state(tmp_path, stop,
     process = subprocess.Popen(
         [sys.executable, "run_all.py", "--config", config, "--results_dir", str(results),
          "-o", "num_epochs=1000", "-o", "eval_interval=1000", "-o", "save_interval=1000"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     log = tmp_path / "logs" / "demo_train.log"
     deadline = time.time() + 120
     while not (log.exists() and log.read_text().count("epoch [") >= 3):
