@@ -194,13 +194,15 @@ def evaluate(loader, scorer: Callable = None, map_generator: MapGenerator = None
         method=map_generator.method if map_generator is not None else None)
 
 
-def score_cached(cloner, cache, config: dict) -> np.ndarray:
-    """Scores of every image of an ExpertCache, the cloner run eagerly in eval mode."""
+def score_cached(cloner, cache, config: dict, stages_of=None) -> np.ndarray:
+    """Scores of every image of an ExpertCache, the cloner in eval mode: run eagerly, or by
+    `stages_of` (images -> the cloner's stage outputs, e.g. onednn_conv.OnednnStages)."""
     cloner.eval()
+    stages_of = stages_of or cloner
     scores = []
     with paddle.no_grad():
         for images, expert_stages in cache.batches():
-            scores.append(anomaly_score(cloner(images), expert_stages, config["lamda"],
+            scores.append(anomaly_score(stages_of(images), expert_stages, config["lamda"],
                                         config["direction_loss_only"]).numpy())
     return np.concatenate(scores).astype(np.float64)
 

@@ -27,9 +27,10 @@ from dataloader import build_dataset, eval_batch_size, input_size
 from engine import make_runner
 from expert_cache import ExpertCache
 from loss_functions import build_loss
+from max_pool_grad import recorded_max_pools
 from metrics import image_auroc
 from network import build_cloner
-from onednn_conv import onednn_convolutions
+from onednn_conv import OnednnStages, onednn_available, onednn_convolutions
 from test_functions import image_threshold, score_cached
 from train_step import build_grad_scaler, build_training_step
 from utils.checkpoint import (find_weights, load_model_info, load_state_strict,
@@ -170,8 +171,10 @@ class Trainer:
                                 "kernel); on CPU each process normalises its own part of the batch")
             self.cloner = paddle.nn.SyncBatchNorm.convert_sync_batchnorm(self.cloner)
         self.step = build_training_step(self.cloner, self.criterion, config, self.world)
-        # the cloner's convolutions through oneDNN on a CPU (engine: eager keeps them eager)
+        # on a CPU the cloner's convolutions run through oneDNN and its max-pools record their
+        # arg-max for a faster backward (engine: eager keeps Paddle's own kernels for both)
         self.onednn = self.device == "cpu" and config["engine"] != "eager"
+        self.onednn_stages = None  # the scoring program, built when first needed
         self.optimizer = paddle.optimizer.Adam(learning_rate=config["learning_rate"],
                                                parameters=self.cloner.parameters())
         self.scaler = build_grad_scaler(config, self.device)
@@ -199,10 +202,11 @@ class Trainer:
         """One pass over the training set; returns the sum of the batch losses (as the
         reference code prints). The loss stays on the device: one host sync per epoch."""
         self.step.train()
-        use_training_threads(self.config, self.device)
+        use_training_threads(self.config, self.device, self.world)
         self.sampler.set_epoch(epoch_order_seed(self.config["seed"], epoch))
         loss_sum = paddle.zeros([], dtype="float32")
-        with onednn_convolutions(self.cloner, self.onednn):
+        with onednn_convolutions(self.cloner, self.onednn), \
+                recorded_max_pools(self.cloner, self.onednn):
             for images, expert_stages in self.train_cache.epoch(self.sampler):
                 loss = self.step(images, expert_stages)
                 if self.scaler is None:
@@ -219,9 +223,11 @@ class Trainer:
         return float(loss_sum)
 
     def scores(self, cache: ExpertCache) -> np.ndarray:
-        """The cloner's anomaly scores of every image of `cache`."""
-        with onednn_convolutions(self.cloner, self.onednn):
-            return score_cached(self.cloner, cache, self.config)
+        """The cloner's anomaly scores of every image of `cache` (on a CPU the whole cloner
+        through oneDNN)."""
+        if self.onednn and onednn_available() and self.onednn_stages is None:
+            self.onednn_stages = OnednnStages(self.cloner)
+        return score_cached(self.cloner, cache, self.config, self.onednn_stages)
 
     def evaluate(self, epoch: int) -> None:
         scores = self.scores(self.test_cache)

@@ -32,6 +32,8 @@ def test_benchmark_tables(tmp_path):
                 "| deployment: Paddle Inference, exported gradient-map model (infer.py) | "
                 "batch 1: ",
                 "| one Fashion-MNIST class (6,000 training + 10,000 test images",
+                "| - the same if every convolution FLOP ran at this machine's matmul peak",
+                "| - the same on all ",
                 "| training at 128 px, batch 64, images/s |",
                 "| 128 px: images/s at batch 64 / images/s at batch 8 |"):
         assert row in tables, row

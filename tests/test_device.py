@@ -1,4 +1,4 @@
-"""Device set-up: glibc's malloc keeps freed memory for reuse."""
+"""Device set-up: glibc's malloc keeps freed memory for reuse; the training step's CPU threads."""
 import subprocess
 import sys
 
@@ -48,3 +48,24 @@ def test_large_blocks_come_from_the_heap_and_stay_there():
     assert probe("default") == ["1", "False"]
     assert probe("heap only") == ["0", "True"]
     assert probe("keep") == ["0", "False"]
+
+
+@pytest.mark.parametrize("settings, processes, expected", [
+    ({}, 1, 1),                                           # the default: one thread
+    ({"train_cpu_threads": 0}, 1, 4),                     # automatic: all cores
+    ({"train_cpu_threads": 0}, 2, 2),                     # each training process its share
+    ({"train_cpu_threads": 0, "cpu_threads": 3}, 2, 3),   # a run_all.py slot's share, as given
+    ({"train_cpu_threads": 0, "engine": "eager"}, 1, 1),  # eager convolutions: one thread
+    ({"train_cpu_threads": 2, "engine": "eager"}, 1, 2),  # an explicit count always wins
+])
+def test_training_threads(monkeypatch, settings, processes, expected):
+    import paddle
+    from utils import device
+    from utils.config import build_config
+    chosen = []
+    monkeypatch.setattr(device, "usable_cores", lambda: 4)
+    monkeypatch.setattr(paddle.base.core, "set_num_threads", chosen.append)
+    config = build_config(base={"device": "cpu", **settings})
+    device.use_training_threads(config, "cpu", processes)
+    device.use_training_threads(config, "gpu", processes)  # threads mean nothing there
+    assert chosen == [expected]

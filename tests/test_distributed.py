@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, make_config
+from max_pool_grad import recorded_max_pools
 from onednn_conv import onednn_convolutions
 from train import FINAL_MODEL, Trainer
 from utils.checkpoint import find_weights, read_state_dict
@@ -64,7 +65,8 @@ def half_batch_reference(config: dict) -> dict:
     for epoch in range(EPOCHS):
         trainer.step.train()
         trainer.sampler.set_epoch(epoch_order_seed(config["seed"], epoch))
-        with onednn_convolutions(cloner, trainer.onednn):  # as the training runs its convs
+        with onednn_convolutions(cloner, trainer.onednn), \
+                recorded_max_pools(cloner, trainer.onednn):  # as the training runs them
             for indices in trainer.sampler:
                 half = len(indices) // 2
                 for part, chosen in enumerate((indices[:half], indices[half:])):

@@ -11,7 +11,7 @@ from paddle import nn
 from conftest import ROOT
 from loss_functions import MseDirectionLoss
 from network import Cloner
-from onednn_conv import ONEDNN_FLAG, onednn_convolutions
+from onednn_conv import ONEDNN_FLAG, OnednnStages, onednn_convolutions
 from train import train
 from train_step import DistillationStep
 from utils.config import build_config
@@ -186,3 +186,31 @@ def test_demo_training_reaches_the_same_roc_auc(tmp_path):
         results[engine] = (summary["history"]["loss"][-1], summary["history"]["image_auroc"][-1])
     assert abs(results["auto"][1] - results["eager"][1]) <= 0.02
     np.testing.assert_allclose(results["auto"][0], results["eager"][0], rtol=0.25)
+
+
+def test_scoring_program_follows_the_weights_and_statistics_and_matches_eager(rng):
+    """The whole eval-mode cloner through oneDNN: the stage outputs of eager Paddle up to float32
+    rounding, with the weights and BatchNorm statistics as they are at each call."""
+    paddle.seed(0)
+    cloner = Cloner()
+    x = paddle.to_tensor(rng.random((4, 3, 32, 32), dtype=np.float32))
+    cloner.train()
+    cloner(x)  # BatchNorm statistics move away from their initial values
+    cloner.eval()
+    stages_of = OnednnStages(cloner)
+    flag = paddle.get_flags([ONEDNN_FLAG])
+    for change in range(3):
+        with paddle.no_grad():
+            fast = [stage.numpy() for stage in stages_of(x)]
+            eager = [stage.numpy() for stage in cloner(x)]
+        assert paddle.get_flags([ONEDNN_FLAG]) == flag
+        assert [a.shape for a in fast] == [b.shape for b in eager]
+        for a, b in zip(fast, eager):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+        # as Adam and a training step do, in place
+        for layer in cloner.sublayers():
+            if isinstance(layer, nn.Conv2D):
+                layer.weight.set_value(layer.weight * 1.5)
+            if isinstance(layer, nn.BatchNorm2D):
+                layer._mean.set_value(layer._mean + 0.1)
+    assert not all(np.array_equal(a, b) for a, b in zip(fast, eager))  # oneDNN did the work

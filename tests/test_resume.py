@@ -192,8 +192,8 @@ def test_non_finite_weights_or_scores_stop_training(tmp_path, data_root, capsys,
             weight.set_value(paddle.full_like(weight, float("nan")))
         return loss
 
-    def poisoned_scores(cloner, cache, config):
-        scores = score_cached(cloner, cache, config)
+    def poisoned_scores(cloner, cache, config, stages_of=None):
+        scores = score_cached(cloner, cache, config, stages_of)
         if where == "scores" and epochs[-1] == bad_epoch:
             return scores * np.nan  # the test scores of the evaluation, and the thresholds
         return scores

@@ -166,8 +166,9 @@ def test_each_gpu_child_sees_its_own_gpu_and_must_run_on_it(tmp_path, monkeypatc
     monkeypatch.setattr(run_all, "gpu_names", lambda: visible_gpus("3,5", 2))
     monkeypatch.setattr(subprocess, "Popen", RecordedChild)
     RecordedChild.started = []
+    results = ["--results_dir", str(tmp_path / "results")]  # not the project's results/
     code, _, err = run_main(run_all.main, ["--config", write_config(tmp_path, root), "--gpus",
-                                           "1,0", "-o", "device=auto"], capsys)
+                                           "1,0", "-o", "device=auto"] + results, capsys)
     assert code == 1 and "2 of 2 categories failed" in err
     started = sorted((env["CUDA_VISIBLE_DEVICES"], command) for command, env in
                      RecordedChild.started)
@@ -175,7 +176,7 @@ def test_each_gpu_child_sees_its_own_gpu_and_must_run_on_it(tmp_path, monkeypatc
     for _, command in started:  # the slot's device=gpu comes after the user's device=auto
         assert command[-2:] == ["-o", "device=gpu"] and "device=auto" in command
     code, _, err = run_main(run_all.main, ["--config", write_config(tmp_path, root), "--gpus",
-                                           "0", "-o", "device=cpu"], capsys)
+                                           "0", "-o", "device=cpu"] + results, capsys)
     assert "config key 'device' is 'cpu'" in error_line(code, err)
 
 

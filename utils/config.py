@@ -98,7 +98,7 @@ SCHEMA = {
     # speed
     "device": _one_of(("auto", "cpu", "gpu")),
     "cpu_threads": _int(0, 0, f"0 (all cores) or an integer up to {MAX_THREADS}", MAX_THREADS),
-    "train_cpu_threads": _int(1, 0, f"0 (all cores) or an integer up to {MAX_THREADS}",
+    "train_cpu_threads": _int(1, 0, f"0 (automatic) or an integer up to {MAX_THREADS}",
                               MAX_THREADS),
     "engine": _one_of(("auto", "eager", "inference")),
     "expert_cache": _one_of(("memory", "float16", "disk", "none")),

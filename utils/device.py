@@ -54,9 +54,18 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
-def use_training_threads(config: dict, device: str) -> None:
-    """Threads of the eager training step on CPU (`train_cpu_threads`, default 1): eager Paddle's
-    CPU backward ran 2-2.5x slower with two math-library threads than with one on the 2-core
-    machines measured (benchmark.py shows both). Paddle Inference keeps its own `cpu_threads`."""
-    if device == "cpu":
-        paddle.base.core.set_num_threads(config["train_cpu_threads"] or usable_cores())
+def use_training_threads(config: dict, device: str, processes: int = 1) -> None:
+    """Threads of the eager training step on CPU (`train_cpu_threads`, default 1; 0 picks the
+    process's `cpu_threads`, i.e. its share of the cores among `processes` training processes or
+    of a run_all.py slot, and 1 with `engine: eager`). The thread count changes the order of
+    floating-point sums, so one thread keeps results reproducible across machines' core counts.
+    With oneDNN convolutions two threads trained a 32 px batch 1.2-1.4x faster than one on the
+    2-core machine measured, and 128 px at batch 8 no faster; with eager convolutions two were
+    2-2.5x slower (benchmark.py shows both). Paddle Inference keeps its own `cpu_threads`."""
+    if device != "cpu":
+        return
+    if config["engine"] == "eager":
+        automatic = 1
+    else:
+        automatic = config["cpu_threads"] or max(1, usable_cores() // processes)
+    paddle.base.core.set_num_threads(config["train_cpu_threads"] or automatic)

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from typing import Dict
 
-VARIANTS = {"default": "oneDNN convolutions, freed memory kept",
-            "former": "eager convolutions, glibc's default malloc"}
+VARIANTS = {"default": "oneDNN convolutions, max-pools' recorded arg-max, scoring as one oneDNN "
+                       "program, freed memory kept",
+            "former": "eager convolutions and max-pool backward, glibc's default malloc"}
+ALL_CORES = "all_cores"  # this code with `train_cpu_threads: 0`: what the other cores bring
 # The Fashion-MNIST protocol: 6,000 training and 10,000 test images at 32 px, epochs 0..51,
 # batch 64, the test set scored every 10 epochs (0, 10, ..., 50); each of those evaluations may
 # save a best_model, which scores the training images for its threshold, as does final_model.
@@ -25,7 +27,8 @@ import numpy as np, paddle
 from engine import PredictorRunner
 from loss_functions import anomaly_score, build_loss
 from network import build_cloner
-from onednn_conv import onednn_convolutions
+from max_pool_grad import recorded_max_pools
+from onednn_conv import OnednnStages, onednn_convolutions
 from train_step import DistillationStep
 from utils.config import build_config
 from utils import device
@@ -35,10 +38,10 @@ size, batch, steps, variant = {size}, {batch}, {steps}, {variant!r}
 if variant == "former":
     device.keep_freed_memory = lambda: False
 config = build_config(base=dict(mvtec_img_size=size, batch_size=batch, lamda=0.01, seed=0,
-                                device="cpu"))
+                                device="cpu", train_cpu_threads=int(variant != "all_cores")))
 device.setup_device(config)
 device.use_training_threads(config, "cpu")
-onednn = variant == "default"
+onednn = variant != "former"
 paddle.seed(0)
 cloner = build_cloner(config)
 step = DistillationStep(cloner, build_loss(config))
@@ -52,7 +55,7 @@ stages = [paddle.to_tensor(np.maximum(rng.standard_normal((batch, c, size // s, 
 
 def train_steps(count):
     step.train()
-    with onednn_convolutions(cloner, onednn):
+    with onednn_convolutions(cloner, onednn), recorded_max_pools(cloner, onednn):
         for _ in range(count):
             loss = step(images, stages)
             loss.backward()
@@ -61,11 +64,14 @@ def train_steps(count):
     float(loss)
 
 
+stages_of = OnednnStages(cloner) if onednn else cloner  # as train.py scores
+
+
 def score_batches(count):
     cloner.eval()
-    with onednn_convolutions(cloner, onednn), paddle.no_grad():
+    with paddle.no_grad():
         for _ in range(count):
-            anomaly_score(cloner(images), stages, 0.01).numpy()
+            anomaly_score(stages_of(images), stages, 0.01).numpy()
 
 
 def timed(fn, count):
@@ -117,3 +123,14 @@ def fashion_mnist_minutes(rates: Dict[str, float]) -> float:
     seconds = ((p["train"] + p["test"]) / rates["expert"] + p["epochs"] * p["train"] / rates["train"]
                + scored / rates["score"])
     return seconds / 60.0
+
+
+def fashion_mnist_peak_minutes(peak: float, cloner_flops: float, expert_flops: float) -> float:
+    """A floor for one Fashion-MNIST class: minutes if every FLOP ran at `peak` FLOP/s, given the
+    forward FLOPs of one 32 px image through the cloner and the expert (a training step is about
+    three forwards: the forward, the input gradient and the weight gradient)."""
+    p = FASHION_MNIST
+    scored = p["evaluations"] * p["test"] + (p["evaluations"] + 1) * p["train"]
+    flops = (3 * p["epochs"] * p["train"] + scored) * cloner_flops \
+        + (p["train"] + p["test"]) * expert_flops
+    return flops / peak / 60.0
