@@ -59,7 +59,7 @@ from engine import (PredictorRunner, export_layer, make_predictor,
                     native_output_silenced, run_predictor)
 from export_model import write_model
 from metrics import PAPER_THRESHOLDS, loc_auc_paper
-from network import Cloner, build_cloner
+from network import build_cloner
 from test_functions import MapGenerator, evaluate, make_scorer
 from train import FINAL_MODEL, Trainer
 from utils.config import build_config
@@ -525,7 +525,9 @@ def main(argv=None) -> None:
         protocols = interleaved_rates(cases, args.repeats, args.protocol_steps)
     n_test, n_defect = len(test_loader.dataset), len(defective)
     flops = {"cloner": conv_flops(cloner, args.img_size), "expert": conv_flops(expert,
-                                                                                 args.img_size)}
+                                                                                 args.img_size),
+             # the Fashion-MNIST protocol's 32 px, for its floor at the matmul peak
+             "cloner_32": conv_flops(cloner, 32), "expert_32": conv_flops(expert, 32)}
     report = dict(args=args, rows=rows, times=times, peak=peak, peaks=peaks, flops=flops,
                   deployment=deployment, memory=memory, gpu_memory=gpu_memory,
                   memory_steps=memory_steps, device=device, protocols=protocols,
@@ -687,16 +689,16 @@ def format_report(r: dict) -> str:
                      f"{args.batch_size}) | " + ", ".join(
                          f"{key[4:]} images: {r['memory'][key]:.0f} MB" for key in tests)
                      + f"; with `-o eval_batch_size=2`: {r['memory']['test_batch2']:.0f} MB |")
-    return "\n".join(lines + protocol_rows(r["protocols"], r["args"], r["peak"]))
+    return "\n".join(lines + protocol_rows(r["protocols"], r["args"], r["peak"], r["flops"]))
 
 
-def protocol_rows(rates: dict, args, peak: float) -> List[str]:
+def protocol_rows(rates: dict, args, peak: float, flops: dict) -> List[str]:
     """The Fashion-MNIST class and the paper's MVTec batch, this code against the former
     default, each in its own process (utils/training_speed.py); and the class's floor at this
     machine's matmul peak."""
     if not rates:
         return []
-    floor = fashion_mnist_peak_minutes(peak, conv_flops(Cloner(), 32), conv_flops(Expert(), 32))
+    floor = fashion_mnist_peak_minutes(peak, flops["cloner_32"], flops["expert_32"])
     fm_new, fm_old = rates["fashion_mnist_default"], rates["fashion_mnist_former"]
     minutes = {variant: fashion_mnist_minutes(rates[f"fashion_mnist_{variant}"])
                for variant in VARIANTS}

@@ -66,11 +66,17 @@ def onednn_convolutions(layer: nn.Layer, enabled: bool = True):
     if not convs:
         yield
         return
+    with _onednn_flag(), replaced_forwards(convs, _onednn_forward):
+        yield
+
+
+@contextlib.contextmanager
+def _onednn_flag():
+    """FLAGS_use_mkldnn on within the block (programs built there use oneDNN's kernels)."""
     saved = paddle.get_flags([ONEDNN_FLAG])
     paddle.set_flags({ONEDNN_FLAG: True})
     try:
-        with replaced_forwards(convs, _onednn_forward):
-            yield
+        yield
     finally:
         paddle.set_flags(saved)
 
@@ -87,10 +93,5 @@ class OnednnStages:
         self._program = paddle.jit.to_static(stages, full_graph=True)
 
     def __call__(self, x: paddle.Tensor):
-        saved = paddle.get_flags([ONEDNN_FLAG])
-        paddle.set_flags({ONEDNN_FLAG: True})
-        try:
-            with native_output_silenced():  # a program is built at each new input shape
-                return self._program(x)
-        finally:
-            paddle.set_flags(saved)
+        with _onednn_flag(), native_output_silenced():  # a program per new input shape
+            return self._program(x)
